@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Wall time of the installed hook, as libvirt runs it, against Python's floor.
+
+Prints p50/p95 over N runs of:
+  floor        python3 -I -c pass (the same interpreter the hook uses)
+  no-VF        the hook on a guest without VFs (any operation; here migrate)
+  migrate 4    migrate begin for a 4-VF guest on a host with 4 PFs x 256 VFs,
+               500 ledger rows and 20 running VF guests
+  migrate 64   the same for a 64-VF guest
+
+Targets (issue 2): no-VF <= 1.3x floor, migrate 4 <= 2.5x floor.
+
+The hook runs as a distro package installs it: ``#!/usr/bin/python3 -I`` with
+the package on sys.path (a copy of ./vfmigrate), not through a development
+install, whose import hooks would slow the floor and the hook alike.
+Usage: benchmarks/hook_latency.py [--runs N] [--python /usr/bin/python3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.fakesysfs import E810, FakeSysfs  # noqa: E402
+from tests.unit.domains import plain_guest, teaming_guest  # noqa: E402
+from vfmigrate.ledger import ACTIVE, RELEASED, Ledger  # noqa: E402
+
+ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def build_host(root: Path, python: str) -> tuple[Path, Path, list]:
+    sysfs = FakeSysfs(root / "sys")
+    vfs = []
+    for index in range(4):
+        vfs += sysfs.add_pf(E810, f"0000:{0x3b + index * 2:02x}:00.0", f"ens{index}f0", 256,
+                            vfio_vfs=256)
+    run_dir = root / "run"
+    run_dir.mkdir()
+    for index in range(20):
+        xml = teaming_guest(f"running{index}", [str(vfs[900 + index * 2]),
+                                                str(vfs[901 + index * 2])])
+        (run_dir / f"running{index}.xml").write_text(
+            f"<domstatus state='running' reason='booted' pid='1'>{xml.decode()}</domstatus>")
+    config = root / "vfmigrate.conf"
+    config.write_text(f"[vfmigrate]\nstate_dir = {root / 'state'}\nsysfs_root = {root / 'sys'}\n"
+                      f"libvirt_run_dir = {run_dir}\n\n[network physnet1]\n"
+                      "pfs = ens0f0, ens1f0, ens2f0, ens3f0\n")
+    with Ledger(root / "state" / "ledger.sqlite3") as ledger, ledger.transaction():
+        for index in range(500):
+            claim = ledger.add(vf=vfs[index], network="physnet1", domain_uuid=f"uuid-{index}",
+                               domain_name=f"old{index}", state=ACTIVE, reason="benchmark")
+            if index % 5:
+                ledger.set_state([claim], RELEASED, "benchmark history")
+    lib = root / "lib"
+    shutil.copytree(REPO / "vfmigrate", lib / "vfmigrate",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([python, "-I", "-m", "compileall", "-q", str(lib)], check=True)
+    hook = root / "vfmigrate-hook"
+    body = (REPO / "hooks/qemu").read_text().split("\n", 1)[1]
+    hook.write_text(f"#!{python} -I\nimport sys\nsys.path.insert(0, {str(lib)!r})\n{body}")
+    hook.chmod(0o755)
+    return hook, config, vfs
+
+
+def timed(argv: list[str], stdin: bytes, env: dict, expect_output: bool) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(argv, input=stdin, capture_output=True, env=env)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0 or bool(result.stdout) != expect_output:
+        raise SystemExit(f"unexpected result from {argv[1:]}: {result.returncode} "
+                         f"{result.stderr.decode().strip()}")
+    return elapsed
+
+
+def release_all(root: Path, name: str) -> None:
+    with Ledger(root / "state" / "ledger.sqlite3") as ledger, ledger.transaction():
+        ledger.set_state([c for c in ledger.live_claims() if c.domain_name == name],
+                         RELEASED, "benchmark reset")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--python", default="/usr/bin/python3",
+                        help="interpreter of the hook and the floor (default: %(default)s)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        hook, config, vfs = build_host(root, args.python)
+        env = dict(ENV, VFMIGRATE_CONFIG=str(config))
+        guests = {"migrate 4": teaming_guest("bench4", ["0000:99:00.0"] * 4),
+                  "migrate 64": teaming_guest("bench64", ["0000:99:00.0"] * 64)}
+        samples: dict[str, list[float]] = {"floor": [], "no-VF": [], "migrate 4": [],
+                                           "migrate 64": []}
+        for _ in range(args.runs):  # interleaved, so drift hits every case alike
+            samples["floor"].append(timed([args.python, "-I", "-c", "pass"], b"", env, False))
+            samples["no-VF"].append(timed([str(hook), "plain", "migrate", "begin", "-"],
+                                          plain_guest("plain"), env, False))
+            for case, xml in guests.items():
+                samples[case].append(timed([str(hook), case, "migrate", "begin", "-"], xml,
+                                           env, True))
+                release_all(root, "bench4" if case == "migrate 4" else "bench64")
+        floor = statistics.median(samples["floor"])
+        print(f"hook latency, {args.runs} runs each, interpreter {args.python}")
+        print(f"{'case':<12} {'p50 ms':>8} {'p95 ms':>8} {'p50/floor':>10}")
+        for case, values in samples.items():
+            p50 = statistics.median(values)
+            print(f"{case:<12} {p50 * 1000:8.1f} {percentile(values, 0.95) * 1000:8.1f} "
+                  f"{p50 / floor:9.2f}x")
+        print("targets: no-VF <= 1.30x, migrate 4 <= 2.50x "
+              "(host: 4 PFs x 256 VFs, 500 ledger rows, 20 running VF guests)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+from vfmigrate.cli import main
+
+from .domains import teaming_guest
+
+
+def run_cli(host, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["vfmigrate", "--config", str(host.config_path), *args], out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_status_shows_states_and_owners(host):
+    rewritten = host.hook("migrate", teaming_guest("web1", ["0000:5e:02.3"],
+                                                   networks=["physnet2"])).stdout
+    host.hook("start", teaming_guest("local", [str(host.physnet1_vfs[4])]), domain="local")
+    host.add_running_guest(teaming_guest("rogue", [str(host.physnet1_vfs[6])]), "rogue")
+    code, out, err = run_cli(host, "status")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == ("network physnet1: 8 VFs, 6 free, 0 incoming, 1 active, "
+                        "1 in use without a claim")
+    assert any(line.startswith("    VF 4   0000:3b:01.4  active   local (") for line in lines)
+    assert any("0000:3b:01.6  in-use   rogue (" in line for line in lines)
+    assert any("0000:3b:01.0  free     -  [vfio-pci]" in line for line in lines)
+    assert any("0000:3b:01.7  free     -  [iavf ens1f0v7]" in line for line in lines)
+    assert "network physnet2: 4 VFs, 3 free, 1 incoming, 0 active" in out
+    assert rewritten
+
+
+def test_status_json(host):
+    host.hook("migrate", teaming_guest("web1", ["0000:5e:02.3"], networks=["physnet2"]))
+    code, out, _ = run_cli(host, "status", "--json")
+    data = json.loads(out)
+    physnet2 = next(n for n in data["networks"] if n["name"] == "physnet2")
+    assert physnet2["counts"] == {"free": 3, "incoming": 1, "active": 0, "in-use": 0}
+    vf = physnet2["pfs"][0]["vfs"][0]
+    assert (vf["address"], vf["state"], vf["domain_name"], vf["driver"]) == \
+        ("0000:af:00.2", "incoming", "web1", "mlx5_core")
+
+
+def test_status_reports_stray_claims(host):
+    host.hook("start", teaming_guest("local", [str(host.physnet2_vfs[0])]))
+    host.sysfs.remove_vfs("0000:af:00.0")
+    _, out, _ = run_cli(host, "status")
+    assert "stray claim: VF 0000:af:00.2 (physnet2) active for local" in out
+
+
+def test_doctor_reports_each_finding(host, tmp_path):
+    hooks_dir = tmp_path / "hooks"
+    (hooks_dir / "qemu.d").mkdir(parents=True)
+    code, out, _ = run_cli(host, "doctor", "--hooks-dir", str(hooks_dir),
+                           "--uri", "test:///default")
+    assert code == 1
+    assert f"FAIL hook: {hooks_dir}/qemu.d/vfmigrate is missing" in out
+    assert "OK   network physnet1: 8 VFs on 1 PF(s)" in out
+    assert "OK   iommu: 12 IOMMU groups" in out
+    assert "OK   vfio-pci: driver loaded" in out
+    assert "OK   libvirt: libvirt at test:///default is" in out
+    (hooks_dir / "qemu.d" / "vfmigrate").write_text("#!/bin/sh\n")
+    (hooks_dir / "qemu.d" / "vfmigrate").chmod(0o755)
+    code, out, _ = run_cli(host, "doctor", "--hooks-dir", str(hooks_dir),
+                           "--uri", "test:///default")
+    assert code == 0, out
+    assert all(line.startswith(("OK ", "WARN")) for line in out.splitlines())
+
+
+def test_doctor_with_bad_config(host, tmp_path):
+    host.config_path.write_text("[network x]\n")
+    code, out, _ = run_cli(host, "doctor", "--hooks-dir", str(tmp_path))
+    assert code == 1
+    assert f"FAIL config: {host.config_path}:1: pfs: network 'x' names no PFs" in out
+
+
+def test_usage_errors_and_module_entry_point(host):
+    code, _, err = run_cli(host, "frobnicate")
+    assert code == 2
+    assert err.startswith("vfmigrate: argument COMMAND: invalid choice: 'frobnicate'")
+    assert err.count("\n") == 1
+    result = subprocess.run([sys.executable, "-m", "vfmigrate", "--version"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("vfmigrate 0.")

@@ -1,0 +1,76 @@
+"""The installed hook run as a real subprocess, as libvirt runs it."""
+
+from __future__ import annotations
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+from vfmigrate import domxml
+
+from .domains import plain_guest, teaming_guest
+
+SOURCE_VF = "0000:5e:02.3"
+
+
+def test_hook_executable_runs_like_libvirt_runs_it(host):
+    xml = teaming_guest("web1", [SOURCE_VF], networks=["physnet1"])
+    result = host.hook_process("migrate", xml, domain="web1")
+    assert result.code == 0, result.stderr
+    [device] = domxml.parse(result.stdout).devices
+    assert str(device.address) == str(host.physnet1_vfs[0])
+    for operation in ("prepare", "start", "started"):
+        assert host.hook_process(operation, result.stdout, domain="web1").code == 0
+    assert [c.state for c in host.live_claims()] == ["active"]
+    assert host.hook_process("release", result.stdout, domain="web1").code == 0
+    assert host.live_claims() == []
+
+
+def test_hook_process_without_vf_prints_nothing_even_unconfigured(host):
+    host.config_path.unlink()
+    result = host.hook_process("migrate", plain_guest("plain"))
+    assert (result.code, result.stdout, result.stderr) == (0, b"", "")
+
+
+def test_hook_process_refusal_is_one_stderr_line(host):
+    xml = teaming_guest("web1", [SOURCE_VF] * 5, networks=["physnet2"] * 5)
+    result = host.hook_process("migrate", xml, domain="web1")
+    assert result.code == 1
+    assert result.stdout == b""
+    assert result.stderr == ("vfmigrate: no free VF in network 'physnet2' on this host "
+                             "(4 VFs, 4 claimed or in use)\n")
+    assert host.live_claims() == []
+
+
+def test_state_files_are_root_only(host):
+    host.hook_process("migrate", teaming_guest("web1", [SOURCE_VF], networks=["physnet1"]))
+    assert host.state_dir.stat().st_mode & 0o777 == 0o700
+    for path in host.state_dir.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_64_concurrent_migrations_share_8_vfs_exactly(host):
+    """64 hook processes at once: exactly 8 win, no VF twice, the rest refused cleanly."""
+    host.write_config({"physnet1": "ens1f0"}, lock_timeout=60)
+    guests = [teaming_guest(f"g{index:02d}", [SOURCE_VF]) for index in range(64)]
+    argv = host.hook_argv("migrate")
+    env = host.hook_env()
+
+    def migrate(xml: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, input=xml, capture_output=True, env=env, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        results = list(pool.map(migrate, guests))
+    winners = [r for r in results if r.returncode == 0]
+    losers = [r for r in results if r.returncode != 0]
+    assert len(winners) == 8
+    chosen = [str(domxml.parse(r.stdout).devices[0].address) for r in winners]
+    assert sorted(chosen) == sorted(str(vf) for vf in host.physnet1_vfs)
+    for loser in losers:
+        assert loser.returncode == 1
+        assert loser.stdout == b""
+        assert loser.stderr == (b"vfmigrate: no free VF in network 'physnet1' on this host "
+                                b"(8 VFs, 8 claimed or in use)\n")
+    claims = host.live_claims()
+    assert len(claims) == 8
+    assert len({c.vf for c in claims}) == 8
+    assert {c.domain_name for c in claims} == {domxml.parse(r.stdout).name for r in winners}

@@ -1,0 +1,228 @@
+"""Claim decisions: which local VF a guest gets, and when a claim ends.
+
+Shared by the hook (which may not call libvirt) and the listener/CLI.  Every
+method runs its reads and writes in one ledger transaction, so a decision is
+all-or-nothing and concurrent hook processes cannot pick the same VF.
+
+Each method returns what it changed as :class:`Change` records; the caller
+logs them only after the transaction committed, so the journal never tells of
+a claim that was rolled back.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping
+
+from .config import Config
+from .domxml import DomainXML, VFDevice
+from .errors import (NoFreeVF, Refused, UnknownNetwork, UnlabelledDevice, VFTaken,
+                     VfmigrateError)
+from .inventory import VF, Inventory
+from .ledger import ACTIVE, INCOMING, RELEASED, Claim, Ledger
+from .events import Event
+from .pci import PciAddress
+from .running import RunningGuest
+
+
+class NoNetworks(Refused):
+    msg_fmt = ("guest '{domain}' holds {count} VF device(s) but {config_path} defines "
+               "no [network NAME] section; add the networks of this host")
+
+
+class AlreadyRunningHere(Refused):
+    msg_fmt = "guest '{domain}' ({uuid}) is already running on this host"
+
+
+class Change(namedtuple("Change", "event claim detail")):
+    """What a decision did to one claim (an Event, the Claim as it is now, why)."""
+
+    __slots__ = ()
+
+
+class Assignment(namedtuple("Assignment", "device vf claim")):
+    """The local VF given to one travelling VFDevice, and its claim."""
+
+    __slots__ = ()
+
+
+class Claims:
+    def __init__(self, config: Config, ledger: Ledger, inventory: Inventory,
+                 running: Mapping[str, RunningGuest], clock: Callable[[], float]) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.inventory = inventory
+        self.running = running
+        self.clock = clock
+
+    # -- helpers ------------------------------------------------------------
+
+    def network_for(self, device: VFDevice, domain: DomainXML) -> str:
+        networks = self.config.networks
+        if device.network is not None:
+            if device.network not in networks:
+                raise UnknownNetwork(domain=domain.name, network=device.network,
+                                     device=device.describe(),
+                                     configured=", ".join(sorted(networks)) or "none",
+                                     config_path=self.config.path)
+            return device.network
+        if len(networks) == 1:
+            return next(iter(networks))
+        if not networks:
+            raise NoNetworks(domain=domain.name, count=len(domain.travelling_devices),
+                             config_path=self.config.path)
+        raise UnlabelledDevice(device=device.describe(), domain=domain.name,
+                               count=len(networks), configured=", ".join(sorted(networks)))
+
+    def is_expired(self, claim: Claim, now: float) -> bool:
+        """An incoming claim whose guest never arrived within the reservation timeout."""
+        return (claim.state == INCOMING
+                and now - claim.updated > self.config.reservation_timeout
+                and claim.domain_uuid not in self.running)
+
+    def _in_use_by_running(self, exclude_uuid: str) -> dict[PciAddress, RunningGuest]:
+        return {address: guest for guest in self.running.values()
+                if guest.uuid != exclude_uuid for address in guest.pci_sources}
+
+    def _expire(self, claims: list[Claim], now: float, changes: list[Change]) -> list[Claim]:
+        """Release expired claims; return the claims that stay live."""
+        expired = [claim for claim in claims if self.is_expired(claim, now)]
+        for claim in self.ledger.set_state(expired, RELEASED, "expired: the guest never arrived"):
+            changes.append(Change(Event.EXPIRED, claim, "incoming claim expired"))
+        return [claim for claim in claims if claim not in expired]
+
+    # -- decisions ----------------------------------------------------------
+
+    def _keep_address(self, device: VFDevice, network: str,
+                      taken: set[PciAddress]) -> VF | None:
+        """The device's current address, if it is a free VF of the network here too."""
+        if device.address is None or device.address in taken:
+            return None
+        vf = self.inventory.find_vf(device.address)
+        if vf is None or vf.network != network or not self.inventory.present(vf):
+            return None
+        return vf
+
+    def reserve_incoming(self, domain: DomainXML, operation: str
+                         ) -> tuple[list[Assignment], list[Change]]:
+        """Claim a free local VF for every travelling device (``migrate``/``restore``).
+
+        All or nothing: if one device cannot get a VF, nothing is claimed.
+        """
+        if domain.uuid in self.running:
+            raise AlreadyRunningHere(domain=domain.name, uuid=domain.uuid)
+        changes: list[Change] = []
+        assignments: list[Assignment] = []
+        with self.ledger.transaction():
+            now = self.clock()
+            live = self.ledger.live_claims()
+            stale_own = [claim for claim in live if claim.domain_uuid == domain.uuid]
+            for claim in self.ledger.set_state(stale_own, RELEASED,
+                                               f"superseded by a new {operation}"):
+                changes.append(Change(Event.RELEASED, claim, f"superseded by a new {operation}"))
+            live = self._expire([c for c in live if c not in stale_own], now, changes)
+            taken = {claim.vf for claim in live} | set(self._in_use_by_running(domain.uuid))
+            cursors: dict[str, Iterator[VF]] = {}
+            for device in domain.travelling_devices:
+                network = self.network_for(device, domain)
+                choice = self._keep_address(device, network, taken)
+                if choice is None:
+                    cursor = cursors.setdefault(network, self.inventory.iter_vfs(network))
+                    choice = next((vf for vf in cursor if vf.address not in taken
+                                   and self.inventory.present(vf)), None)
+                if choice is None:
+                    vfs = self.inventory.vfs_of_network(network)
+                    unavailable = sum(1 for vf in vfs if vf.address in taken)
+                    absent = len(vfs) - unavailable
+                    raise NoFreeVF(network=network, total=len(vfs), unavailable=unavailable,
+                                   absent=f", {absent} missing from sysfs" if absent else "")
+                claim = self.ledger.add(vf=choice.address, network=network,
+                                        domain_uuid=domain.uuid, domain_name=domain.name,
+                                        state=INCOMING,
+                                        reason=f"{operation}: for {device.describe()}")
+                taken.add(choice.address)
+                assignments.append(Assignment(device, choice, claim))
+                changes.append(Change(Event.RESERVED, claim,
+                                      f"reserved for {device.describe()}"))
+        return assignments, changes
+
+    def claim_for_start(self, domain: DomainXML) -> list[Change]:
+        """Claim, as active, every VF of ours the guest names (``prepare``/``start``).
+
+        A guest arriving by migration already holds incoming claims for these
+        VFs: they are confirmed as they are.  A VF that another guest holds
+        refuses the start.
+        """
+        changes: list[Change] = []
+        with self.ledger.transaction():
+            now = self.clock()
+            live = self._expire(self.ledger.live_claims(), now, changes)
+            holders = {claim.vf: claim for claim in live}
+            in_use = self._in_use_by_running(domain.uuid)
+            for device in domain.devices:
+                vf = self.inventory.find_vf(device.address) if device.address else None
+                if vf is None:
+                    continue
+                holder = holders.get(vf.address)
+                if holder is not None and holder.domain_uuid == domain.uuid:
+                    continue
+                if holder is not None:
+                    raise VFTaken(vf=vf.address, domain=domain.name,
+                                  holder=f"claimed by guest '{holder.domain_name}' "
+                                         f"({holder.state})")
+                if vf.address in in_use:
+                    raise VFTaken(vf=vf.address, domain=domain.name,
+                                  holder=f"in use by running guest '{in_use[vf.address].name}'")
+                claim = self.ledger.add(vf=vf.address, network=vf.network,
+                                        domain_uuid=domain.uuid, domain_name=domain.name,
+                                        state=ACTIVE, reason=f"start: {device.describe()}")
+                holders[vf.address] = claim
+                changes.append(Change(Event.ACTIVATED, claim, f"claimed for {device.describe()}"))
+        return changes
+
+    def activate(self, domain_uuid: str, reason: str) -> list[Change]:
+        """incoming → active for one guest (``started``, or arrival seen by the listener)."""
+        with self.ledger.transaction():
+            incoming = [c for c in self.ledger.claims_of(domain_uuid) if c.state == INCOMING]
+            return [Change(Event.ACTIVATED, claim, reason)
+                    for claim in self.ledger.set_state(incoming, ACTIVE, reason)]
+
+    def release(self, domain_uuid: str, reason: str,
+                only: Callable[[Claim], bool] = lambda claim: True) -> list[Change]:
+        """Release a guest's live claims (all of them, or those ``only`` selects)."""
+        with self.ledger.transaction():
+            claims = [c for c in self.ledger.claims_of(domain_uuid) if only(c)]
+            return [Change(Event.RELEASED, claim, reason)
+                    for claim in self.ledger.set_state(claims, RELEASED, reason)]
+
+    def reassert(self, domain: DomainXML) -> tuple[list[Change], list[VfmigrateError]]:
+        """Make sure a running guest's VFs are claimed as active (``reconnect``).
+
+        Never refuses: conflicts are returned for logging, because a failing
+        reconnect hook makes libvirt kill the guest.
+        """
+        changes: list[Change] = []
+        conflicts: list[VfmigrateError] = []
+        with self.ledger.transaction():
+            holders = {claim.vf: claim for claim in self.ledger.live_claims()}
+            for device in domain.devices:
+                vf = self.inventory.find_vf(device.address) if device.address else None
+                if vf is None:
+                    continue
+                holder = holders.get(vf.address)
+                if holder is not None and holder.domain_uuid != domain.uuid:
+                    conflicts.append(VFTaken(vf=vf.address, domain=domain.name,
+                                             holder=f"also claimed by guest "
+                                                    f"'{holder.domain_name}' ({holder.state})"))
+                    continue
+                if holder is not None:
+                    if holder.state == INCOMING and domain.uuid in self.running:
+                        for claim in self.ledger.set_state([holder], ACTIVE, "reconnect: running"):
+                            changes.append(Change(Event.ACTIVATED, claim, "guest is running"))
+                    continue
+                claim = self.ledger.add(vf=vf.address, network=vf.network,
+                                        domain_uuid=domain.uuid, domain_name=domain.name,
+                                        state=ACTIVE, reason="reconnect: claim was missing")
+                holders[vf.address] = claim
+                changes.append(Change(Event.CORRECTED, claim, "missing claim added"))
+        return changes, conflicts

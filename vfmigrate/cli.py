@@ -1,0 +1,149 @@
+"""The ``vfmigrate`` command (also ``python3 -m vfmigrate``).
+
+Commands::
+
+    vfmigrate status [--json]     networks, PFs and VFs with state and owner
+    vfmigrate doctor              is this host ready? one line per finding
+
+Global options: ``--config PATH`` (else ``$VFMIGRATE_CONFIG``, else
+``/etc/vfmigrate/vfmigrate.conf``).  Exit codes are those of
+:mod:`vfmigrate.errors`; ``doctor`` exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Mapping, TextIO
+
+from . import __version__
+from . import config as configuration
+from .errors import EXIT_INTERNAL, UsageError, VfmigrateError, exit_code_for
+
+DESCRIPTION = """\
+vfmigrate makes live migration of libvirt/KVM guests that hold SR-IOV VFs
+work: its qemu hook reserves a free VF of the right network on the destination
+and rewrites the guest's XML to it; its listener releases and resets VFs once
+a guest has left.  These commands inspect and maintain a host."""
+
+EPILOG = """\
+files:
+  /etc/vfmigrate/vfmigrate.conf         configuration (networks and their PFs)
+  /var/lib/vfmigrate/ledger.sqlite3     claims: which VF belongs to which guest
+  /etc/libvirt/hooks/qemu.d/vfmigrate   the libvirt hook
+
+exit codes:
+  0 ok, 1 refused/check failed, 2 usage, 3 bad XML, 4 bad config,
+  5 sysfs or ledger error, 6 libvirt error, 70 internal error
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, out: TextIO = sys.stdout, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.out = out
+
+    def error(self, message: str) -> None:  # one line, our exit code, no usage dump
+        raise UsageError(problem=f"{message} (see 'vfmigrate --help')")
+
+    def _print_message(self, message: str, file: TextIO | None = None) -> None:
+        if message:
+            self.out.write(message)
+
+
+def build_parser(stdout: TextIO = sys.stdout) -> argparse.ArgumentParser:
+    parser = _Parser(prog="vfmigrate", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter, out=stdout)
+    parser.add_argument("--version", action="version", version=f"vfmigrate {__version__}")
+    parser.add_argument("--config", metavar="PATH",
+                        help="config file (default: $VFMIGRATE_CONFIG or "
+                             f"{configuration.DEFAULT_CONFIG_PATH})")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    status = commands.add_parser("status", out=stdout, help="show networks, PFs and VFs with their owners")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    doctor = commands.add_parser("doctor", out=stdout, help="check that this host is ready for vfmigrate")
+    doctor.add_argument("--uri", default="qemu:///system",
+                        help="libvirt URI whose version to check (default: %(default)s)")
+    doctor.add_argument("--hooks-dir", type=Path, default=Path("/etc/libvirt/hooks"),
+                        help="libvirt's hooks directory (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str], stdout: TextIO, stderr: TextIO, *,
+         environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    try:
+        args = build_parser(stdout).parse_args(argv[1:])
+        path = configuration.config_path(args.config, environ)
+        handler = _COMMANDS[args.command]
+        return handler(args, path, stdout)
+    except VfmigrateError as error:
+        stderr.write(f"vfmigrate: {' '.join(str(error).split())}\n")
+        return exit_code_for(error)
+    except SystemExit as exit_request:  # --help / --version
+        return int(exit_request.code or 0)
+    except Exception as error:
+        stderr.write(f"vfmigrate: internal error: {type(error).__name__}: {error}\n")
+        return EXIT_INTERNAL
+
+
+def _status(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
+    from .inventory import Inventory
+    from .ledger import Ledger
+    from .running import running_guests
+    from .status import host_status
+
+    config = configuration.load(path)
+    with Ledger(config.ledger_path, lock_timeout=config.lock_timeout) as ledger:
+        status = host_status(config, Inventory(config.sysfs_root, config.networks.values()),
+                             ledger, running_guests(config.libvirt_run_dir))
+    if args.json:
+        json.dump(status.as_dict(), stdout, indent=2)
+        stdout.write("\n")
+        return 0
+    for network in status.networks:
+        stdout.write(f"network {network.name}: {network.total} VFs, "
+                     f"{network.count('free')} free, {network.count('incoming')} incoming, "
+                     f"{network.count('active')} active, "
+                     f"{network.count('in-use')} in use without a claim\n")
+        for spec in network.missing_pfs:
+            stdout.write(f"  PF {spec}: NOT FOUND under {config.sysfs_root}\n")
+        for pf in network.pfs:
+            stdout.write(f"  PF {pf.spec} ({pf.address}): {pf.num_vfs} of "
+                         f"{pf.total_vfs if pf.total_vfs is not None else '?'} VFs enabled\n")
+            for vf in pf.vfs:
+                owner = f"{vf.domain_name} ({vf.domain_uuid})" if vf.domain_name else "-"
+                since = time.strftime(" since %Y-%m-%d %H:%M:%S",
+                                      time.localtime(vf.since)) if vf.since else ""
+                netdevs = f" {','.join(vf.netdevs)}" if vf.netdevs else ""
+                stdout.write(f"    VF {vf.index:<3} {vf.address}  {vf.state:<8} {owner}{since}"
+                             f"  [{vf.driver or 'no driver'}{netdevs}]\n")
+    for claim in status.stray_claims:
+        stdout.write(f"stray claim: VF {claim.vf} ({claim.network}) {claim.state} for "
+                     f"{claim.domain_name}: the VF is not in any network now\n")
+    return 0
+
+
+def _doctor(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
+    from .doctor import FAIL, DoctorInputs, run_checks
+    from .virt import libvirt_version_probe
+
+    findings = run_checks(DoctorInputs(config_path=path, hooks_dir=args.hooks_dir,
+                                       libvirt_version=libvirt_version_probe(args.uri)))
+    for finding in findings:
+        stdout.write(finding.line() + "\n")
+    return 1 if any(finding.level == FAIL for finding in findings) else 0
+
+
+_COMMANDS = {"status": _status, "doctor": _doctor}
+
+
+def run() -> int:
+    return main(sys.argv, sys.stdout, sys.stderr)

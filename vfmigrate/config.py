@@ -1,0 +1,220 @@
+"""vfmigrate's configuration file, ``/etc/vfmigrate/vfmigrate.conf``.
+
+An INI-style file with one ``[vfmigrate]`` section of host settings and one
+``[network NAME]`` section per network::
+
+    [vfmigrate]
+    state_dir = /var/lib/vfmigrate        # ledger lives here (made 0700)
+    sysfs_root = /sys                     # where PFs and VFs are read from
+    libvirt_run_dir = /run/libvirt/qemu   # status XML of running guests
+    reservation_timeout = 300             # s an incoming claim lives without its guest
+    lock_timeout = 10                     # s to wait for the ledger lock
+
+    [network physnet1]                    # the label, the same on every host
+    pfs = ens1f0, 0000:3b:00.1            # PFs by netdev name or PCI address
+    allow_vfs = 0000:3b:02.*              # optional: only these VFs (glob patterns)
+    deny_vfs = 0000:3b:02.0               # optional: never these VFs
+
+Every problem is reported as one :class:`ConfigSyntaxError` naming file, line
+and key.  The path comes from ``--config``, else ``$VFMIGRATE_CONFIG``, else
+the default.  Paths in a :class:`Config` are absolute path strings (this
+module is on the hook's import-light path: no pathlib).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+from collections import namedtuple
+from collections.abc import Mapping
+
+from .errors import ConfigMissing, ConfigSyntaxError
+from .pci import is_pci_address
+
+DEFAULT_CONFIG_PATH = "/etc/vfmigrate/vfmigrate.conf"
+CONFIG_ENV = "VFMIGRATE_CONFIG"
+
+NETWORK_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_NETDEV_NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+_VF_PATTERN = re.compile(r"[0-9a-fA-F:.*?\[\]-]{1,32}")
+
+
+class NetworkConfig(namedtuple("NetworkConfig", "name pfs allow_vfs deny_vfs",
+                               defaults=((), ()))):
+    """One ``[network NAME]``: PF specs (netdev names or PCI addresses), VF globs."""
+
+    __slots__ = ()
+
+
+class Config(namedtuple("Config", "path state_dir sysfs_root libvirt_run_dir "
+                        "reservation_timeout lock_timeout networks",
+                        defaults=("/var/lib/vfmigrate", "/sys", "/run/libvirt/qemu",
+                                  300.0, 10.0, types.MappingProxyType({})))):
+    """The whole file; ``networks`` maps each label to its NetworkConfig."""
+
+    __slots__ = ()
+
+    @property
+    def ledger_path(self) -> str:
+        return os.path.join(self.state_dir, "ledger.sqlite3")
+
+
+def config_path(explicit: str | os.PathLike | None = None,
+                environ: Mapping[str, str] = os.environ) -> str:
+    """Which config file to read: explicit flag, then environment, then default."""
+    if explicit:
+        return os.fspath(explicit)
+    if environ.get(CONFIG_ENV):
+        return environ[CONFIG_ENV]
+    return DEFAULT_CONFIG_PATH
+
+
+def load(path: str | os.PathLike) -> Config:
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as config_file:
+            text = config_file.read()
+    except FileNotFoundError:
+        raise ConfigMissing(path=path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigSyntaxError(path=path, line=0, key="-",
+                                problem=f"cannot read: {_reason(error)}") from None
+    return parse(text, path)
+
+
+def _reason(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+def parse(text: str, path: str | os.PathLike) -> Config:
+    parser = _Parser(os.fspath(path))
+    for number, line in enumerate(text.splitlines(), start=1):
+        parser.feed(number, line)
+    return parser.finish()
+
+
+_HOST_KEYS = {"state_dir", "sysfs_root", "libvirt_run_dir",
+              "reservation_timeout", "lock_timeout"}
+_NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs"}
+
+
+class _Parser:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.host: dict[str, tuple[int, str]] = {}
+        self.networks: dict[str, dict[str, tuple[int, str]]] = {}
+        self.network_lines: dict[str, int] = {}
+        self.section: dict[str, tuple[int, str]] | None = None
+        self.section_keys: set[str] = set()
+
+    def fail(self, line: int, key: str, problem: str) -> ConfigSyntaxError:
+        return ConfigSyntaxError(path=self.path, line=line, key=key, problem=problem)
+
+    def feed(self, number: int, raw: str) -> None:
+        line = _strip_comment(raw).strip()
+        if not line:
+            return
+        if line.startswith("["):
+            self._section(number, line)
+            return
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep:
+            raise self.fail(number, key or "-", "expected 'key = value'")
+        if self.section is None:
+            raise self.fail(number, key, "setting outside a section; put it under [vfmigrate]")
+        if key not in self.section_keys:
+            raise self.fail(number, key, "unknown key; expected one of "
+                            + ", ".join(sorted(self.section_keys)))
+        if key in self.section:
+            raise self.fail(number, key, f"set twice (first on line {self.section[key][0]})")
+        self.section[key] = (number, value.strip())
+
+    def _section(self, number: int, line: str) -> None:
+        if not line.endswith("]"):
+            raise self.fail(number, line, "section header must end with ']'")
+        words = line[1:-1].split()
+        if words == ["vfmigrate"]:
+            self.section, self.section_keys = self.host, _HOST_KEYS
+            return
+        if len(words) == 2 and words[0] == "network":
+            name = words[1]
+            if not NETWORK_LABEL.fullmatch(name):
+                raise self.fail(number, name, "network name must be letters, digits, "
+                                "'_', '.', ':' or '-' (at most 64)")
+            if name in self.networks:
+                raise self.fail(number, name, "network defined twice "
+                                f"(first on line {self.network_lines[name]})")
+            self.networks[name] = {}
+            self.network_lines[name] = number
+            self.section, self.section_keys = self.networks[name], _NETWORK_KEYS
+            return
+        raise self.fail(number, line, "unknown section; expected [vfmigrate] or [network NAME]")
+
+    def finish(self) -> Config:
+        settings: dict[str, object] = {}
+        for key in ("state_dir", "sysfs_root", "libvirt_run_dir"):
+            if key in self.host:
+                number, value = self.host[key]
+                if not value.startswith("/"):
+                    raise self.fail(number, key, f"must be an absolute path, got {value!r}")
+                settings[key] = os.path.normpath(value)
+        for key in ("reservation_timeout", "lock_timeout"):
+            if key in self.host:
+                number, value = self.host[key]
+                try:
+                    seconds = float(value)
+                except ValueError:
+                    seconds = -1.0
+                if not 0 < seconds <= 86400:
+                    raise self.fail(number, key, f"must be seconds between 0 and 86400, got {value!r}")
+                settings[key] = seconds
+        networks = {}
+        owner_of_pf: dict[str, str] = {}
+        for name, section in self.networks.items():
+            if "pfs" not in section:
+                raise self.fail(self.network_lines[name], "pfs",
+                                f"network '{name}' names no PFs; add 'pfs = NETDEV or PCI address'")
+            number, value = section["pfs"]
+            pfs = _split_list(value)
+            if not pfs:
+                raise self.fail(number, "pfs", "empty list")
+            for pf in pfs:
+                if not (is_pci_address(pf) or _is_netdev_name(pf)):
+                    raise self.fail(number, "pfs", f"{pf!r} is neither a netdev name nor a "
+                                    "PCI address like 0000:3b:00.0")
+                if pf in owner_of_pf:
+                    raise self.fail(number, "pfs", f"PF {pf} is already in network "
+                                    f"'{owner_of_pf[pf]}'")
+                owner_of_pf[pf] = name
+            patterns = {}
+            for key in ("allow_vfs", "deny_vfs"):
+                if key in section:
+                    number, value = section[key]
+                    patterns[key] = tuple(_split_list(value))
+                    for pattern in patterns[key]:
+                        if not _VF_PATTERN.fullmatch(pattern):
+                            raise self.fail(number, key, f"{pattern!r} is not a PCI address "
+                                            "or glob pattern like 0000:3b:02.*")
+            networks[name] = NetworkConfig(name=name, pfs=tuple(pfs), **patterns)
+        return Config(path=self.path, networks=networks, **settings)
+
+
+def _strip_comment(line: str) -> str:
+    stripped = line.lstrip()
+    if stripped.startswith(("#", ";")):
+        return ""
+    for marker in (" #", "\t#", " ;", "\t;"):
+        index = line.find(marker)
+        if index >= 0:
+            line = line[:index]
+    return line
+
+
+def _split_list(value: str) -> list[str]:
+    return [item for item in re.split(r"[,\s]+", value) if item]
+
+
+def _is_netdev_name(name: str) -> bool:
+    return bool(_NETDEV_NAME.fullmatch(name)) and name not in (".", "..")

@@ -1,0 +1,353 @@
+"""Find the VF devices in a libvirt domain XML and rewrite their host address.
+
+The XML arrives from another host, inside libvirt's migration path, so it is
+parsed defensively: at most ``MAX_XML_BYTES``, no DOCTYPE, no entity
+declarations, no external entities (expat, never a network fetch).
+
+A *VF device* is a PCI passthrough device with a host-side source address:
+
+* ``<interface type='hostdev'>`` with ``<source><address type='pci' …/>``;
+* ``<hostdev mode='subsystem' type='pci'>`` with the same;
+* an entry of vfmigrate's own metadata that matches no device above: a VF the
+  guest holds outside its device list (unplugged for a migration, to be
+  plugged again on arrival).  Its host address is the entry's ``address``.
+
+vfmigrate's metadata labels devices (matched by ``alias``, else ``mac``)::
+
+    <metadata>
+      <vfmigrate:vfs xmlns:vfmigrate="https://vfmigrate.dev/xmlns/domain/1">
+        <vfmigrate:vf alias="ua-sriov0" network="physnet1" vlan="100"/>
+        <vfmigrate:vf mac="52:54:00:6d:90:02" network="physnet2"
+                      address="0000:3b:02.1" replug="yes"/>
+      </vfmigrate:vfs>
+    </metadata>
+
+A device *rides along* a migration when it has ``<teaming type='transient'>``
+(the only PCI device libvirt lets migrate) or a metadata entry.  Plain
+``<interface type='network'>`` hostdev pools are libvirt's to allocate and are
+left alone.
+
+:meth:`DomainXML.rewrite` changes only the attribute values of the host-side
+``<source><address>`` tags (and the ``address`` of metadata entries): it
+splices bytes, so every other byte of the document, namespace prefixes and
+quoting included, comes out identical.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import namedtuple
+from xml.parsers import expat
+
+from . import METADATA_NAMESPACE
+from .config import NETWORK_LABEL
+from .errors import BadDomainXML
+from .pci import PciAddress
+
+MAX_XML_BYTES = 2 * 1024 * 1024
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+                   r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+_ALIAS = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_ATTRIBUTE = re.compile(rb"""(\s)([A-Za-z_:][-\w.:]*)(\s*=\s*)("[^"]*"|'[^']*')""")
+_NS_VFS = METADATA_NAMESPACE + " vfs"
+_NS_VF = METADATA_NAMESPACE + " vf"
+
+
+class Span(namedtuple("Span", "start end")):
+    """Byte range of a start tag, ``<`` to ``>`` inclusive."""
+
+    __slots__ = ()
+
+
+class VFDevice:
+    """A VF device of the guest (see the module docstring for the kinds)."""
+
+    __slots__ = ("kind", "alias", "mac", "address", "teaming", "network", "vlan", "replug",
+                 "labelled", "address_tag", "metadata_tag", "metadata_address")
+
+    def __init__(self, kind: str, *, labelled: bool = False,
+                 metadata_tag: Span | None = None) -> None:
+        self.kind = kind                      # "interface", "hostdev" or "detached"
+        self.alias: str | None = None
+        self.mac: str | None = None
+        self.address: PciAddress | None = None   # host side
+        self.teaming = False
+        self.network: str | None = None
+        self.vlan: int | None = None
+        self.replug = False
+        self.labelled = labelled
+        self.address_tag: Span | None = None
+        self.metadata_tag = metadata_tag
+        self.metadata_address: PciAddress | None = None
+
+    @property
+    def rides_along(self) -> bool:
+        """Whether this VF moves with a migration (and so needs a VF there)."""
+        return self.teaming or self.labelled or self.kind == "detached"
+
+    def describe(self) -> str:
+        name = self.alias or (f"mac {self.mac}" if self.mac else None)
+        where = f"VF {self.address}" if self.address else "no VF"
+        if self.kind == "detached":
+            return f"detached VF ({name or where})"
+        return f"{self.kind} {name} ({where})" if name else f"{self.kind} at {where}"
+
+    def __repr__(self) -> str:
+        return f"<VFDevice {self.describe()}>"
+
+
+class DomainXML:
+    """A parsed domain: identity, VF devices, and every PCI source it names."""
+
+    def __init__(self, data: bytes, uuid: str, name: str, devices: list[VFDevice],
+                 pci_sources: list[PciAddress]) -> None:
+        self.data = data
+        self.uuid = uuid
+        self.name = name
+        self.devices = devices
+        self.pci_sources = pci_sources
+
+    @property
+    def travelling_devices(self) -> list[VFDevice]:
+        return [device for device in self.devices if device.rides_along]
+
+    def rewrite(self, new_addresses: list[tuple[VFDevice, PciAddress]]) -> bytes:
+        """The document with each device's host address replaced."""
+        edits: list[tuple[Span, dict[str, str]]] = []
+        for device, address in new_addresses:
+            if device.address_tag is not None:
+                edits.append((device.address_tag, address.xml_attributes()))
+            if device.metadata_tag is not None and (device.kind == "detached"
+                                                    or device.metadata_address is not None):
+                edits.append((device.metadata_tag, {"address": str(address)}))
+        out = bytearray(self.data)
+        for span, values in sorted(edits, key=lambda edit: edit[0].start, reverse=True):
+            out[span.start:span.end] = _set_attributes(self.data[span.start:span.end], values)
+        return bytes(out)
+
+
+def parse(data: bytes, *, status: bool = False) -> DomainXML:
+    """Parse a domain XML (or, with ``status``, libvirt's ``<domstatus>`` file)."""
+    if len(data) > MAX_XML_BYTES:
+        raise BadDomainXML(problem=f"{len(data)} bytes is more than the {MAX_XML_BYTES} "
+                                   "a domain XML may have")
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise BadDomainXML(problem="DOCTYPE and entity declarations are not allowed "
+                                   "in a domain XML")
+    return _DomainParser(data, status).run()
+
+
+def _unsafe(*_args: object) -> None:
+    raise BadDomainXML(problem="DOCTYPE and entity declarations are not allowed in a domain XML")
+
+
+class _DomainParser:
+    def __init__(self, data: bytes, status: bool) -> None:
+        self.data = data
+        self.status = status
+        self.parser = expat.ParserCreate(namespace_separator=" ")
+        self.parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        self.parser.StartDoctypeDeclHandler = _unsafe
+        self.parser.EntityDeclHandler = _unsafe
+        self.parser.ExternalEntityRefHandler = _unsafe
+        self.parser.StartElementHandler = self.start
+        self.parser.EndElementHandler = self.end
+        self.parser.CharacterDataHandler = self.text
+        self.stack: list[str] = []
+        self.domain_depth: int | None = None
+        self.fields: dict[str, list[str]] = {"uuid": [], "name": []}
+        self.text_target: list[str] | None = None
+        self.device: VFDevice | None = None
+        self.device_counts = False
+        self.devices: list[VFDevice] = []
+        self.entries: list[VFDevice] = []
+        self.pci_sources: list[PciAddress] = []
+
+    def run(self) -> DomainXML:
+        try:
+            self.parser.Parse(self.data, True)
+        except expat.ExpatError as error:
+            raise BadDomainXML(problem=f"malformed XML at line {error.lineno}, column "
+                                       f"{error.offset}: {expat.ErrorString(error.code)}") from None
+        if self.domain_depth is None:
+            raise BadDomainXML(problem="no <domain> element")
+        uuid = "".join(self.fields["uuid"]).strip()
+        name = "".join(self.fields["name"]).strip()
+        if not _UUID.fullmatch(uuid):
+            raise BadDomainXML(problem=f"<uuid> is missing or invalid: {uuid[:40]!r}")
+        if not name:
+            raise BadDomainXML(problem="<name> is missing")
+        return DomainXML(data=self.data, uuid=canonical_uuid(uuid), name=name,
+                         devices=self._match_metadata(), pci_sources=self.pci_sources)
+
+    # -- expat callbacks ------------------------------------------------------
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        self.stack.append(tag)
+        if self.domain_depth is None:
+            self._find_domain(tag)
+            return
+        path = self.stack[self.domain_depth:]
+        depth = len(path)
+        if depth == 1 and tag in self.fields:
+            self.text_target = self.fields[tag]
+        elif depth == 2 and path[0] == "devices":
+            self._start_device(tag, attrs)
+        elif depth > 2 and path[0] == "devices" and self.device is not None:
+            self._device_child(path[2:], attrs)
+        elif depth == 3 and path[0] == "metadata" and path[1] == _NS_VFS and tag == _NS_VF:
+            self._metadata_entry(attrs)
+
+    def end(self, tag: str) -> None:
+        self.stack.pop()
+        self.text_target = None
+        if self.domain_depth is not None and len(self.stack) == self.domain_depth + 1:
+            if self.device is not None and self.device_counts:
+                self.devices.append(self.device)
+            self.device = None
+
+    def text(self, data: str) -> None:
+        if self.text_target is not None:
+            self.text_target.append(data)
+
+    # -- helpers --------------------------------------------------------------
+
+    def _find_domain(self, tag: str) -> None:
+        depth = len(self.stack)
+        if tag == "domain" and (depth == 1 or (self.status and self.stack[0] == "domstatus")):
+            self.domain_depth = depth
+        elif depth == 1 and not (self.status and tag == "domstatus"):
+            raise BadDomainXML(problem=f"root element is <{tag.split(' ')[-1]}>, not <domain>")
+
+    def _span(self) -> Span:
+        start = self.parser.CurrentByteIndex
+        return Span(start, _end_of_start_tag(self.data, start))
+
+    def _start_device(self, tag: str, attrs: dict[str, str]) -> None:
+        kind = attrs.get("type")
+        if tag == "interface" and kind in ("hostdev", "network"):
+            # A network interface is followed only for the VF in its status <actual>.
+            self.device = VFDevice(kind="interface")
+            self.device_counts = kind == "hostdev"
+        elif tag == "hostdev" and kind == "pci" and attrs.get("mode", "subsystem") == "subsystem":
+            self.device = VFDevice(kind="hostdev")
+            self.device_counts = True
+
+    def _device_child(self, path: list[str], attrs: dict[str, str]) -> None:
+        device = self.device
+        assert device is not None
+        if path == ["source", "address"] and attrs.get("type", "pci") == "pci":
+            address = _pci_from_attributes(attrs, device)
+            device.address = address
+            device.address_tag = self._span()
+            self.pci_sources.append(address)
+        elif path == ["actual", "source", "address"] and attrs.get("type", "pci") == "pci":
+            self.pci_sources.append(_pci_from_attributes(attrs, device))
+        elif path == ["teaming"]:
+            device.teaming = attrs.get("type") == "transient"
+        elif path == ["alias"]:
+            device.alias = attrs.get("name")
+        elif path == ["mac"]:
+            device.mac = (attrs.get("address") or "").lower() or None
+        elif path == ["vlan", "tag"] and attrs.get("id", "").isdigit():
+            device.vlan = int(attrs["id"])
+
+    def _metadata_entry(self, attrs: dict[str, str]) -> None:
+        entry = VFDevice(kind="detached", labelled=True, metadata_tag=self._span())
+        where = f"<vfmigrate:vf> entry {len(self.entries) + 1} in <metadata>"
+        alias, mac, network = attrs.get("alias"), attrs.get("mac"), attrs.get("network")
+        if alias is not None and not _ALIAS.fullmatch(alias):
+            raise BadDomainXML(problem=f"{where}: alias {alias[:40]!r} is not a libvirt alias")
+        if mac is not None and not _MAC.fullmatch(mac):
+            raise BadDomainXML(problem=f"{where}: mac {mac[:40]!r} is not a MAC address")
+        if network is not None and not NETWORK_LABEL.fullmatch(network):
+            raise BadDomainXML(problem=f"{where}: network {network[:40]!r} is not a valid label")
+        if "vlan" in attrs:
+            vlan = attrs["vlan"]
+            if not (vlan.isdigit() and 0 <= int(vlan) <= 4095):
+                raise BadDomainXML(problem=f"{where}: vlan {vlan[:40]!r} is not 0-4095")
+            entry.vlan = int(vlan)
+        if "address" in attrs:
+            try:
+                entry.metadata_address = PciAddress.parse(attrs["address"])
+            except ValueError as error:
+                raise BadDomainXML(problem=f"{where}: {error}") from None
+        entry.alias, entry.mac, entry.network = alias, mac.lower() if mac else None, network
+        entry.address = entry.metadata_address
+        entry.replug = attrs.get("replug") == "yes"
+        self.entries.append(entry)
+
+    def _match_metadata(self) -> list[VFDevice]:
+        devices = list(self.devices)
+        for entry in self.entries:
+            target = None
+            if entry.alias:
+                target = next((d for d in self.devices if d.alias == entry.alias), None)
+            if target is None and entry.mac:
+                target = next((d for d in self.devices if d.mac == entry.mac), None)
+            if target is None:
+                devices.append(entry)
+                continue
+            target.labelled = True
+            target.network = entry.network
+            target.vlan = entry.vlan if entry.vlan is not None else target.vlan
+            target.replug = entry.replug
+            target.metadata_tag = entry.metadata_tag
+            target.metadata_address = entry.metadata_address
+        return devices
+
+
+def _pci_from_attributes(attrs: dict[str, str], device: VFDevice) -> PciAddress:
+    try:
+        return PciAddress.from_xml_attributes(attrs.get("domain"), attrs.get("bus"),
+                                              attrs.get("slot"), attrs.get("function"))
+    except ValueError as error:
+        raise BadDomainXML(problem=f"<{device.kind}> source address: {error}") from None
+
+
+def canonical_uuid(text: str) -> str:
+    digits = text.replace("-", "").lower()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def _end_of_start_tag(data: bytes, start: int) -> int:
+    """Index just past the ``>`` closing the start tag that begins at ``start``."""
+    quote = 0
+    for index in range(start + 1, len(data)):
+        byte = data[index]
+        if quote:
+            if byte == quote:
+                quote = 0
+        elif byte in (0x22, 0x27):  # " or '
+            quote = byte
+        elif byte == 0x3E:  # >
+            return index + 1
+    raise BadDomainXML(problem="unterminated start tag")
+
+
+def _set_attributes(tag: bytes, values: dict[str, str]) -> bytes:
+    """Replace (or add) attribute values in one start tag, keeping its quoting."""
+    seen: set[str] = set()
+    quotes = [match.group(4)[:1] for match in _ATTRIBUTE.finditer(tag)]
+
+    def replace(match: re.Match) -> bytes:
+        name = match.group(2).decode()
+        if name not in values:
+            return match.group(0)
+        seen.add(name)
+        quote = match.group(4)[:1]
+        return match.group(1) + match.group(2) + match.group(3) + quote \
+            + values[name].encode() + quote
+
+    result = _ATTRIBUTE.sub(replace, tag)
+    quote = (quotes[-1] if quotes else b"'").decode()
+    missing = b"".join(f" {name}={quote}{value}{quote}".encode()
+                       for name, value in values.items() if name not in seen)
+    if missing:
+        close = len(result) - (2 if result.endswith(b"/>") else 1)
+        while close > 0 and result[close - 1:close].isspace():
+            close -= 1
+        result = result[:close] + missing + result[close:]
+    return result

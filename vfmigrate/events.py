@@ -1,0 +1,107 @@
+"""Kinds of event, their journal fields, and the hook's lightweight sender.
+
+Every record about a VF carries structured journal fields so that
+``journalctl VFMIGRATE_DOMAIN=web1`` or ``journalctl MESSAGE_ID=…`` finds it:
+
+* ``VFMIGRATE_DOMAIN``, ``VFMIGRATE_VF``, ``VFMIGRATE_NETWORK``,
+  ``VFMIGRATE_ACTION`` (the :class:`Event` name, lower case);
+* ``MESSAGE_ID``: one per kind of event, explained by the journald catalog
+  (``systemd/vfmigrate.catalog``; ``journalctl -x`` shows it).
+
+The listener and the CLI log through :mod:`logging` and python-systemd's
+``JournalHandler`` (:mod:`vfmigrate.logs`).  The hook runs inside libvirt's
+synchronous path on every VF guest's start, stop and migration, where
+importing ``logging`` and ``systemd.journal`` would cost more than the whole
+claim; it sends the same fields through python-systemd's C ``sendv`` with
+:class:`HookLog` instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+from io import TextIOBase
+
+IDENTIFIER = "vfmigrate"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+ERROR, WARNING, INFO = 3, 4, 6   # syslog priorities
+
+
+class Event(enum.Enum):
+    """Kinds of event; the value is the journald MESSAGE_ID."""
+
+    RESERVED = "2116d4f0a90d494a8a5d45d8bdc4cfab"       # incoming claim made, XML rewritten
+    ACTIVATED = "9ef0a1bde2f842e7a13b72f635451e34"      # claim became active
+    RELEASED = "4760036efa7a47f38f6181af75c33ac9"       # claim released
+    REFUSED = "0b4900f32c7a4139bb301efd446c9365"        # migration or start refused
+    EXPIRED = "f700e0ac5c964d23b87c04247eba9fe8"        # stale incoming claim dropped
+    RESET = "7138d2b23c4a4d868223740d6c3c15cc"          # VF MAC/VLAN reset on its PF
+    CORRECTED = "4132176e668b408d9e57b67fd995cc0a"      # reconcile fixed the ledger
+    CONFLICT = "9261fa8fae7d41148adb96d777b8aa2b"       # a VF is named by two guests
+    MIGRATED = "69afe97beb464d3680922ef3f6e36c4b"       # migration job completed
+    VANISHED = "d87576d8cb514b50aa84accace367d5c"       # a claimed VF left sysfs
+    METADATA = "edeb2456afc7420aade3dbf40b94139b"       # guest metadata updated
+    ATTACHED = "c27ab41d3831412192a38a6595978a8e"       # VF plugged into a guest
+    DETACHED = "0ad7ee91f61545498644a1a7aa89a119"       # VF unplugged from a guest
+    LISTENER = "4bfacb2dc9984b559e85da0e928e6e08"       # listener started/stopped/reconnected
+
+    @property
+    def message_id(self) -> str:
+        return self.value
+
+
+def journal_fields(kind: Event, *, domain: str | None = None, vf: object = None,
+                   network: str | None = None, **extra: object) -> dict[str, str]:
+    fields = {"MESSAGE_ID": kind.message_id, "VFMIGRATE_ACTION": kind.name.lower()}
+    if domain is not None:
+        fields["VFMIGRATE_DOMAIN"] = domain
+    if vf is not None:
+        fields["VFMIGRATE_VF"] = str(vf)
+    if network is not None:
+        fields["VFMIGRATE_NETWORK"] = network
+    for name, value in extra.items():
+        fields["VFMIGRATE_" + name.upper()] = str(value)
+    return fields
+
+
+Sender = Callable[..., None]   # python-systemd's journal.send(MESSAGE, **fields)
+
+
+def default_sender(socket_path: str = JOURNAL_SOCKET) -> Sender | None:
+    """A journal sender if journald listens and python-systemd is installed."""
+    if not os.path.exists(socket_path):
+        return None
+    try:
+        from systemd._journal import sendv   # the C half of systemd.journal.send
+    except ImportError:
+        return None
+
+    def send(MESSAGE: str, **fields: object) -> None:
+        sendv(f"MESSAGE={MESSAGE}", *(f"{key}={value}" for key, value in fields.items()))
+    return send
+
+
+class HookLog:
+    """The hook's logger: structured journal entries, else lines on stderr."""
+
+    def __init__(self, stream: TextIOBase, sender: Sender | None) -> None:
+        self.stream = stream
+        self.sender = sender
+
+    @property
+    def to_journal(self) -> bool:
+        return self.sender is not None
+
+    def event(self, kind: Event, message: str, *, priority: int = INFO,
+              journal_only: bool = False, **fields: object) -> None:
+        """Log one event; ``journal_only`` for what is also written elsewhere."""
+        if self.sender is not None:
+            try:
+                self.sender(message, PRIORITY=str(priority), SYSLOG_IDENTIFIER=IDENTIFIER,
+                            **journal_fields(kind, **fields))
+                return
+            except OSError:   # journald went away: fall back to stderr
+                pass
+        if not journal_only:
+            self.stream.write(f"{IDENTIFIER}: {message}\n")

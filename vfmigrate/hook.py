@@ -1,0 +1,89 @@
+"""vfmigrate's libvirt qemu hook: give travelling VFs a local home.
+
+Installed as ``/etc/libvirt/hooks/qemu.d/vfmigrate`` (libvirt >= 6.5).  libvirt
+runs it as ``vfmigrate <domain> <operation> <sub-op> <extra>`` with the domain
+XML on stdin.  It never calls libvirt: libvirt waits for the hook, so a call
+back would deadlock.
+
+What it does, per operation (all on the host that runs the hook):
+
+``migrate begin -`` / ``restore begin -`` (the destination; XML filters)
+    For every VF device that travels (``<teaming type='transient'>`` or named
+    in vfmigrate's metadata) pick a free VF of its network (metadata label,
+    else the host's only network), claim it as ``incoming`` and print the XML
+    with only that device's host ``<source><address>`` changed.  All or
+    nothing: if one device gets no VF, nothing is claimed, nothing printed,
+    and the hook exits 1 with one line on stderr, which libvirt shows in the
+    migration's error; the guest stays on the source.
+``prepare begin -`` / ``start begin -``
+    Claim as ``active`` every VF of a configured network that the XML names
+    (an arriving guest's ``incoming`` claims are confirmed as they are).
+    A VF claimed by, or in use by, another guest refuses the start (exit 1).
+``started begin -``
+    This guest's ``incoming`` claims become ``active``.
+``stopped end <reason>`` / ``release end <reason>``
+    Release this guest's claims on this host.  A failed incoming migration
+    leaves nothing behind; a guest that migrated away frees its VFs (the
+    listener then resets them).
+``reconnect begin -``
+    Re-assert ``active`` claims for the running guest.  Always exits 0:
+    libvirt kills a guest whose reconnect hook fails.
+
+Any other operation, and any guest without a VF device, costs only reading
+stdin: no config is read (it may be absent), nothing is printed, exit 0.
+
+stdout carries only XML, only for ``migrate``/``restore``, and only when it
+changed: empty output means unchanged.  stderr carries at most one line, the
+error.  Decisions are logged to the journal (stderr if there is none).  Exit
+codes are those of :mod:`vfmigrate.errors` (0 ok, 1 refused, 2 usage, 3 bad
+XML, 4 bad config, 5 sysfs/ledger, 70 bug).
+"""
+
+import os
+import sys
+import time
+
+from . import METADATA_NAMESPACE
+
+_OPERATIONS = frozenset({"migrate", "restore", "prepare", "start", "started",
+                         "stopped", "release", "reconnect"})
+_VF_MARKERS = (b"hostdev", METADATA_NAMESPACE.encode())
+
+
+def may_hold_vfs(xml: bytes) -> bool:
+    """Cheap pre-check: a guest without these strings has no VF device."""
+    return any(marker in xml for marker in _VF_MARKERS)
+
+
+def main(argv, stdin, stdout, *, stderr=None, environ=None, config=None,
+         sysfs_root=None, ledger=None, clock=time.time, journal_sender=None,
+         journal_socket=None) -> int:
+    """Run one hook call; returns the exit code.
+
+    ``stdin``/``stdout`` are binary streams.  ``config`` (a Config) replaces
+    the config file, ``sysfs_root`` its sysfs root, ``ledger`` (a Ledger) its
+    ledger; ``journal_sender`` is python-systemd's ``sender_function`` and
+    ``journal_socket`` where journald listens (absent: log to ``stderr``).
+    """
+    stderr = stderr if stderr is not None else sys.stderr
+    environ = os.environ if environ is None else environ
+    xml = stdin.read()
+    if len(argv) < 4:
+        stderr.write("vfmigrate: usage: vfmigrate DOMAIN OPERATION SUB-OPERATION [EXTRA] "
+                     "(run by libvirt as a qemu hook, domain XML on stdin)\n")
+        return 2
+    operation = argv[2]
+    if operation not in _OPERATIONS or not may_hold_vfs(xml):
+        return 0
+    from .hookrun import HookCall
+    call = HookCall(domain_name=argv[1], operation=operation, sub_operation=argv[3],
+                    extra=argv[4] if len(argv) > 4 else "-", xml=xml, stdout=stdout,
+                    stderr=stderr, environ=environ, config=config, sysfs_root=sysfs_root,
+                    ledger=ledger, clock=clock, journal_sender=journal_sender,
+                    journal_socket=journal_socket)
+    return call.run()
+
+
+def run() -> int:
+    """Entry point of the installed hook executable."""
+    return main(sys.argv, sys.stdin.buffer, sys.stdout.buffer)

@@ -1,0 +1,155 @@
+"""The part of the hook that runs only for guests that may hold VFs.
+
+Kept apart from :mod:`vfmigrate.hook` so that the common path (no VF) imports
+nothing but ``os`` and ``sys``.  The contract is documented there.
+
+This path stays import-light too (no logging, pathlib, dataclasses or
+typing): it runs synchronously inside libvirt's migration and start paths.
+"""
+
+from __future__ import annotations
+
+from . import config as configuration
+from . import domxml
+from .claims import Change, Claims
+from .errors import (ConfigMissing, EXIT_INTERNAL, NotConfigured, VfmigrateError,
+                     exit_code_for)
+from .events import ERROR, JOURNAL_SOCKET, WARNING, Event, HookLog, default_sender
+from .inventory import Inventory
+from .ledger import Ledger
+from .running import running_guests
+
+
+class HookCall:
+    """One hook invocation; see :func:`vfmigrate.hook.main` for the parameters."""
+
+    def __init__(self, *, domain_name, operation, sub_operation, extra, xml, stdout, stderr,
+                 environ, config, sysfs_root, ledger, clock, journal_sender,
+                 journal_socket) -> None:
+        self.domain_name = domain_name
+        self.operation = operation
+        self.sub_operation = sub_operation
+        self.extra = extra
+        self.xml = xml
+        self.stdout = stdout
+        self.stderr = stderr
+        self.environ = environ
+        self.config = config
+        self.sysfs_root = sysfs_root
+        self.ledger = ledger
+        self.clock = clock
+        sender = journal_sender
+        if sender is None:
+            sender = default_sender(journal_socket or JOURNAL_SOCKET)
+        self.log = HookLog(stderr, sender)
+
+    def run(self) -> int:
+        try:
+            return self._dispatch()
+        except VfmigrateError as error:
+            if self.operation == "reconnect":
+                self.log.event(Event.CONFLICT, f"reconnect of guest {self.domain_name}: "
+                               f"{error} (ignored: the guest keeps running)",
+                               priority=ERROR, domain=self.domain_name)
+                return 0
+            return self._fail(str(error), exit_code_for(error))
+        except Exception as error:  # a bug: one line for libvirt, traceback for the journal
+            import traceback
+            self.log.event(Event.REFUSED, f"internal error in {self.operation} hook for "
+                           f"guest {self.domain_name}: {traceback.format_exc()}",
+                           priority=ERROR, domain=self.domain_name, journal_only=True)
+            if self.operation == "reconnect":
+                return 0
+            return self._fail(f"internal error: {type(error).__name__}: {error}; "
+                              "please report it with the journal's traceback", EXIT_INTERNAL)
+
+    def _fail(self, message: str, code: int) -> int:
+        line = " ".join(message.split())
+        self.log.event(Event.REFUSED, f"{self.operation} of guest {self.domain_name} "
+                       f"refused: {line}", priority=ERROR, domain=self.domain_name,
+                       journal_only=True)
+        self.stderr.write(f"vfmigrate: {line}\n")
+        self.stderr.flush()
+        return code
+
+    # -- set-up -------------------------------------------------------------
+
+    def _load_config(self) -> configuration.Config:
+        if self.config is not None:
+            return self.config
+        return configuration.load(configuration.config_path(None, self.environ))
+
+    def _claims(self, config: configuration.Config) -> Claims:
+        sysfs_root = self.sysfs_root or config.sysfs_root
+        if self.ledger is None:
+            self.ledger = Ledger(config.ledger_path, lock_timeout=config.lock_timeout,
+                                 clock=self.clock)
+        problems: list[str] = []
+        running = running_guests(config.libvirt_run_dir, problems)
+        for problem in problems:
+            self.log.event(Event.CONFLICT, problem, priority=WARNING, domain=self.domain_name)
+        return Claims(config, self.ledger, Inventory(sysfs_root, config.networks.values()),
+                      running, self.clock)
+
+    # -- operations ---------------------------------------------------------
+
+    def _dispatch(self) -> int:
+        domain = domxml.parse(self.xml)
+        if self.operation in ("migrate", "restore"):
+            return self._incoming(domain)
+        try:
+            config = self._load_config()
+        except ConfigMissing:
+            return 0  # not configured: vfmigrate manages no VF on this host
+        claims = self._claims(config)
+        if self.operation in ("prepare", "start"):
+            self._log(domain, claims.claim_for_start(domain))
+        elif self.operation == "started":
+            self._log(domain, claims.activate(domain.uuid, "started: guest is running"))
+        elif self.operation in ("stopped", "release"):
+            reason = f"{self.operation}: guest stopped ({self.extra})"
+            self._log(domain, claims.release(domain.uuid, reason))
+        elif self.operation == "reconnect":
+            changes, conflicts = claims.reassert(domain)
+            self._log(domain, changes)
+            for conflict in conflicts:
+                self.log.event(Event.CONFLICT, f"reconnect of guest {domain.name}: {conflict}",
+                               priority=ERROR, domain=domain.name,
+                               vf=conflict.fields.get("vf"))
+        self._log_skipped(claims.inventory)
+        return 0
+
+    def _incoming(self, domain: domxml.DomainXML) -> int:
+        travelling = domain.travelling_devices
+        if not travelling:
+            return 0
+        try:
+            config = self._load_config()
+        except ConfigMissing as missing:
+            raise NotConfigured(domain=domain.name, count=len(travelling),
+                                config_path=missing.path) from None
+        claims = self._claims(config)
+        assignments, changes = claims.reserve_incoming(domain, self.operation)
+        rewritten = domain.rewrite([(a.device, a.vf.address) for a in assignments])
+        try:
+            if rewritten != self.xml:
+                self.stdout.write(rewritten)
+                self.stdout.flush()
+        except OSError:
+            claims.release(domain.uuid, f"{self.operation}: could not hand the XML to libvirt")
+            raise
+        self._log(domain, changes)
+        self._log_skipped(claims.inventory)
+        return 0
+
+    def _log(self, domain: domxml.DomainXML, changes: list[Change]) -> None:
+        for change in changes:
+            claim = change.claim
+            self.log.event(change.event, f"{self.operation} guest {domain.name}: VF {claim.vf} "
+                           f"(network {claim.network}) {claim.state}: {change.detail}",
+                           domain=domain.name, vf=claim.vf, network=claim.network)
+
+    def _log_skipped(self, inventory: Inventory) -> None:
+        for problem in inventory.skipped:
+            self.log.event(Event.VANISHED, f"skipped unreadable VF link {problem}",
+                           priority=WARNING, domain=self.domain_name)

@@ -1,0 +1,211 @@
+"""PFs and VFs of the configured networks, read from sysfs under a root.
+
+The root is a parameter (``Config.sysfs_root``, normally ``/sys``); tests and
+the testbed point it at a fake tree of the same shape.  Only addresses that
+passed :class:`PciAddress` validation or netdev names from the config are
+ever joined into a path.
+
+Reading is lazy, because the hook runs inside libvirt's migration path on
+hosts with hundreds of VFs: :meth:`Inventory.iter_vfs` reads one
+``virtfnN`` link at a time, so picking a free VF stops at the first one;
+:meth:`Inventory.find_vf` looks at one VF's ``physfn`` link.  Full listings
+and per-VF details (driver, netdevs, NUMA node) are for ``status``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+from collections.abc import Iterable, Iterator
+from fnmatch import fnmatchcase
+
+from .config import NetworkConfig
+from .errors import SysfsError
+from .pci import PciAddress, is_pci_address
+
+
+class VF(namedtuple("VF", "address pf index network")):
+    """A VF: its address, its PF's address, its index on the PF, its network."""
+
+    __slots__ = ()
+
+
+class PF(namedtuple("PF", "address spec network num_vfs total_vfs")):
+    __slots__ = ()
+
+
+class DeviceDetails(namedtuple("DeviceDetails", "driver netdevs vendor device numa_node")):
+    __slots__ = ()
+
+
+class Inventory:
+    def __init__(self, sysfs_root: str | os.PathLike,
+                 networks: Iterable[NetworkConfig]) -> None:
+        self.sysfs_root = os.fspath(sysfs_root)
+        self.networks = {network.name: network for network in networks}
+        self.missing_pfs: dict[str, list[str]] = {}
+        self.skipped: list[str] = []   # unreadable virtfn links, for the caller to log
+        self._pfs: dict[str, list[PciAddress]] = {}
+        self._vfs: dict[str, list[VF]] = {}
+
+    # -- paths ----------------------------------------------------------------
+
+    def pci_device_dir(self, address: PciAddress) -> str:
+        return os.path.join(self.sysfs_root, "bus", "pci", "devices", str(address))
+
+    def _check_root(self) -> None:
+        devices = os.path.join(self.sysfs_root, "bus", "pci", "devices")
+        if not os.path.isdir(devices):
+            raise SysfsError(path=devices, problem="not a directory")
+
+    # -- PFs ------------------------------------------------------------------
+
+    def resolve_pf(self, spec: str) -> PciAddress | None:
+        """The PCI address of a PF named by netdev or address; None if absent."""
+        if is_pci_address(spec):
+            address = PciAddress.parse(spec)
+            return address if os.path.exists(self.pci_device_dir(address)) else None
+        link = os.path.join(self.sysfs_root, "class", "net", spec, "device")
+        try:
+            target = os.readlink(link)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise SysfsError(path=link, problem=error.strerror) from None
+        try:
+            return PciAddress.parse(os.path.basename(target))
+        except ValueError:
+            raise SysfsError(path=link, problem=f"points at {target!r}, not a PCI device") from None
+
+    def pfs_of_network(self, network: str) -> list[PciAddress]:
+        if network not in self._pfs:
+            self._check_root()
+            found, missing = [], []
+            for spec in self.networks[network].pfs:
+                address = self.resolve_pf(spec)
+                (found if address is not None else missing).append(address or spec)
+            self._pfs[network] = found
+            self.missing_pfs[network] = missing
+        return self._pfs[network]
+
+    def pf_details(self, network: str) -> list[PF]:
+        result = []
+        for spec in self.networks[network].pfs:
+            address = self.resolve_pf(spec)
+            if address is None:
+                continue
+            directory = self.pci_device_dir(address)
+            result.append(PF(address, spec, network,
+                             _read_int(os.path.join(directory, "sriov_numvfs")) or 0,
+                             _read_int(os.path.join(directory, "sriov_totalvfs"))))
+        return result
+
+    # -- VFs ------------------------------------------------------------------
+
+    def vfs_of_pf(self, pf: PciAddress, network: str) -> Iterator[VF]:
+        """The PF's VFs in index order, one ``virtfnN`` link at a time."""
+        directory = self.pci_device_dir(pf)
+        num_vfs = _read_int(os.path.join(directory, "sriov_numvfs")) or 0
+        for index in range(num_vfs):
+            link = os.path.join(directory, f"virtfn{index}")
+            try:
+                address = PciAddress.parse(os.path.basename(os.readlink(link)))
+            except (OSError, ValueError) as error:
+                self.skipped.append(f"{link}: {error}")
+                continue
+            yield VF(address, pf, index, network)
+
+    def _allowed(self, network: NetworkConfig, address: PciAddress) -> bool:
+        if not (network.allow_vfs or network.deny_vfs):
+            return True
+        text = str(address)
+        if network.allow_vfs and not any(fnmatchcase(text, pattern.lower())
+                                         for pattern in network.allow_vfs):
+            return False
+        return not any(fnmatchcase(text, pattern.lower()) for pattern in network.deny_vfs)
+
+    def iter_vfs(self, network: str) -> Iterator[VF]:
+        """The network's usable VFs, lazily, in a stable order (PF order, VF index)."""
+        config = self.networks[network]
+        for pf in self.pfs_of_network(network):
+            for vf in self.vfs_of_pf(pf, network):
+                if self._allowed(config, vf.address):
+                    yield vf
+
+    def vfs_of_network(self, network: str) -> list[VF]:
+        if network not in self._vfs:
+            self._vfs[network] = list(self.iter_vfs(network))
+        return self._vfs[network]
+
+    def present(self, vf: VF) -> bool:
+        """Whether the VF's device exists (a ``virtfnN`` link can dangle)."""
+        return os.path.isdir(self.pci_device_dir(vf.address))
+
+    def find_vf(self, address: PciAddress) -> VF | None:
+        """The VF at ``address`` if it is a usable VF of a configured network."""
+        directory = self.pci_device_dir(address)
+        try:
+            pf = PciAddress.parse(os.path.basename(os.readlink(os.path.join(directory, "physfn"))))
+        except (OSError, ValueError):
+            return None
+        for network, config in self.networks.items():
+            if pf in self.pfs_of_network(network):
+                if not self._allowed(config, address):
+                    return None
+                index = self._vf_index(pf, address)
+                return VF(address, pf, index, network) if index is not None else None
+        return None
+
+    def _vf_index(self, pf: PciAddress, address: PciAddress) -> int | None:
+        """The VF's index on its PF, from SR-IOV offset and stride as the kernel does."""
+        directory = self.pci_device_dir(pf)
+        offset = _read_int(os.path.join(directory, "sriov_offset"))
+        stride = _read_int(os.path.join(directory, "sriov_stride"))
+        if offset is not None and stride:
+            index, remainder = divmod(address.routing_id - pf.routing_id - offset, stride)
+            link = os.path.join(directory, f"virtfn{index}")
+            if remainder == 0 and index >= 0 and _link_name(link) == str(address):
+                return index
+        for vf in self.vfs_of_pf(pf, ""):
+            if vf.address == address:
+                return vf.index
+        return None
+
+    def details(self, address: PciAddress) -> DeviceDetails:
+        directory = self.pci_device_dir(address)
+        try:
+            driver = os.path.basename(os.readlink(os.path.join(directory, "driver")))
+        except OSError:
+            driver = None
+        try:
+            netdevs = tuple(sorted(os.listdir(os.path.join(directory, "net"))))
+        except OSError:
+            netdevs = ()
+        return DeviceDetails(driver, netdevs, _read_text(os.path.join(directory, "vendor")),
+                             _read_text(os.path.join(directory, "device")),
+                             _read_int(os.path.join(directory, "numa_node")))
+
+
+def _link_name(path: str) -> str | None:
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as sysfs_file:
+            return sysfs_file.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_int(path: str) -> int | None:
+    text = _read_text(path)
+    if text is None:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise SysfsError(path=path, problem=f"expected a number, found {text[:32]!r}") from None

@@ -1,0 +1,61 @@
+"""PCI addresses in their canonical sysfs form, ``0000:3b:02.1``."""
+
+from __future__ import annotations
+
+import re
+from collections import namedtuple
+
+_ADDRESS = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])")
+
+
+class PciAddress(namedtuple("PciAddress", "domain bus slot function")):
+    """A PCI address; ``str()`` gives the canonical ``DDDD:BB:SS.F``."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, text: str) -> PciAddress:
+        """Parse ``DDDD:BB:SS.F``; raise ValueError for anything else."""
+        match = _ADDRESS.fullmatch(text.strip().lower())
+        if match is None:
+            raise ValueError(f"not a PCI address (DDDD:BB:SS.F): {text!r}")
+        return cls(*(int(part, 16) for part in match.groups()))
+
+    @classmethod
+    def from_xml_attributes(cls, domain: str | None, bus: str | None,
+                            slot: str | None, function: str | None) -> PciAddress:
+        """Build from libvirt's ``<address type='pci' domain= bus= slot= function=>``.
+
+        libvirt accepts hex with ``0x`` or decimal; an absent domain or function is 0.
+        """
+        values = []
+        for name, raw, limit in (("domain", domain or "0", 0xFFFF), ("bus", bus, 0xFF),
+                                 ("slot", slot, 0x1F), ("function", function or "0", 7)):
+            if raw is None:
+                raise ValueError(f"PCI address lacks '{name}'")
+            try:
+                value = int(raw, 0)
+            except ValueError:
+                raise ValueError(f"PCI address {name}={raw!r} is not a number") from None
+            if not 0 <= value <= limit:
+                raise ValueError(f"PCI address {name}={raw!r} is out of range")
+            values.append(value)
+        return cls(*values)
+
+    @property
+    def routing_id(self) -> int:
+        return (self.bus << 8) | (self.slot << 3) | self.function
+
+    def xml_attributes(self) -> dict[str, str]:
+        """The attribute values libvirt itself writes."""
+        return {"domain": f"0x{self.domain:04x}", "bus": f"0x{self.bus:02x}",
+                "slot": f"0x{self.slot:02x}", "function": f"0x{self.function:x}"}
+
+    def __str__(self) -> str:
+        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
+
+    __repr__ = __str__
+
+
+def is_pci_address(text: str) -> bool:
+    return _ADDRESS.fullmatch(text.strip().lower()) is not None

@@ -1,0 +1,104 @@
+"""What ``vfmigrate status`` shows: every VF of every network, with its owner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import Config
+from .inventory import Inventory
+from .ledger import Claim, Ledger
+from .running import RunningGuest
+
+
+@dataclass
+class VFStatus:
+    address: str
+    index: int
+    state: str            # free, incoming, active, in-use (by a running guest, unclaimed)
+    domain_name: str | None
+    domain_uuid: str | None
+    since: float | None
+    driver: str | None
+    netdevs: tuple[str, ...]
+    numa_node: int | None
+
+
+@dataclass
+class PFStatus:
+    spec: str
+    address: str
+    num_vfs: int
+    total_vfs: int | None
+    vfs: list[VFStatus] = field(default_factory=list)
+
+
+@dataclass
+class NetworkStatus:
+    name: str
+    pfs: list[PFStatus]
+    missing_pfs: list[str]
+
+    def count(self, state: str) -> int:
+        return sum(1 for pf in self.pfs for vf in pf.vfs if vf.state == state)
+
+    @property
+    def total(self) -> int:
+        return sum(len(pf.vfs) for pf in self.pfs)
+
+
+@dataclass
+class HostStatus:
+    networks: list[NetworkStatus]
+    stray_claims: list[Claim]      # live claims on VFs no network has any more
+
+    def as_dict(self) -> dict:
+        return {
+            "networks": [{
+                "name": network.name,
+                "missing_pfs": network.missing_pfs,
+                "counts": {state: network.count(state)
+                           for state in ("free", "incoming", "active", "in-use")},
+                "pfs": [{"spec": pf.spec, "address": pf.address, "num_vfs": pf.num_vfs,
+                         "total_vfs": pf.total_vfs,
+                         "vfs": [vars(vf) | {"netdevs": list(vf.netdevs)} for vf in pf.vfs]}
+                        for pf in network.pfs],
+            } for network in self.networks],
+            "stray_claims": [claim.as_dict() for claim in self.stray_claims],
+        }
+
+
+def host_status(config: Config, inventory: Inventory, ledger: Ledger,
+                running: dict[str, RunningGuest]) -> HostStatus:
+    claims = {claim.vf: claim for claim in ledger.live_claims()}
+    in_use = {address: guest for guest in running.values() for address in guest.pci_sources}
+    seen = set()
+    networks = []
+    for name in config.networks:
+        vfs_by_pf: dict = {}
+        for vf in inventory.vfs_of_network(name):
+            vfs_by_pf.setdefault(vf.pf, []).append(vf)
+        pfs = []
+        for pf in inventory.pf_details(name):
+            pf_status = PFStatus(spec=pf.spec, address=str(pf.address), num_vfs=pf.num_vfs,
+                                 total_vfs=pf.total_vfs)
+            for vf in vfs_by_pf.get(pf.address, []):
+                seen.add(vf.address)
+                details = inventory.details(vf.address)
+                claim = claims.get(vf.address)
+                guest = in_use.get(vf.address)
+                if claim is not None:
+                    state, owner, uuid, since = (claim.state, claim.domain_name,
+                                                 claim.domain_uuid, claim.updated)
+                elif guest is not None:
+                    state, owner, uuid, since = "in-use", guest.name, guest.uuid, None
+                else:
+                    state, owner, uuid, since = "free", None, None, None
+                pf_status.vfs.append(VFStatus(
+                    address=str(vf.address), index=vf.index, state=state, domain_name=owner,
+                    domain_uuid=uuid, since=since, driver=details.driver,
+                    netdevs=details.netdevs, numa_node=details.numa_node))
+            pfs.append(pf_status)
+        networks.append(NetworkStatus(name=name, pfs=pfs,
+                                      missing_pfs=inventory.missing_pfs.get(name, [])))
+    stray = [claim for address, claim in claims.items() if address not in seen]
+    return HostStatus(networks=networks, stray_claims=stray)
