@@ -4,6 +4,11 @@ Commands::
 
     vfmigrate status [--json]     networks, PFs and VFs with state and owner
     vfmigrate doctor              is this host ready? one line per finding
+    vfmigrate reconcile [--dry-run]
+                                  make the ledger agree with libvirt and sysfs
+                                  (what the listener does at start)
+    vfmigrate tag DOMAIN --network NAME [--device ALIAS|MAC]
+                                  label a guest's VFs with their network
 
 Global options: ``--config PATH`` (else ``$VFMIGRATE_CONFIG``, else
 ``/etc/vfmigrate/vfmigrate.conf``).  Exit codes are those of
@@ -22,7 +27,8 @@ from typing import Mapping, TextIO
 
 from . import __version__
 from . import config as configuration
-from .errors import EXIT_INTERNAL, UsageError, VfmigrateError, exit_code_for
+from .errors import (EXIT_INTERNAL, ConfigMissing, Refused, UsageError, VfmigrateError,
+                     exit_code_for)
 
 DESCRIPTION = """\
 vfmigrate makes live migration of libvirt/KVM guests that hold SR-IOV VFs
@@ -73,6 +79,26 @@ def build_parser(stdout: TextIO = sys.stdout) -> argparse.ArgumentParser:
                         help="libvirt URI whose version to check (default: %(default)s)")
     doctor.add_argument("--hooks-dir", type=Path, default=Path("/etc/libvirt/hooks"),
                         help="libvirt's hooks directory (default: %(default)s)")
+
+    reconcile = commands.add_parser(
+        "reconcile", out=stdout, help="make the ledger agree with libvirt's guests and sysfs",
+        description="Release claims of guests that are gone, expire stale incoming claims, "
+                    "add missing claims, report VFs two guests name, reset released VFs. "
+                    "The listener does the same at start and after reconnecting.")
+    reconcile.add_argument("--dry-run", action="store_true",
+                           help="only say what would change")
+    reconcile.add_argument("--uri", help="libvirt URI (default: libvirt_uri of the config)")
+
+    tag = commands.add_parser(
+        "tag", out=stdout, help="label a guest's VFs with their network (metadata)",
+        description="Write vfmigrate's metadata into the guest (live if running, and its "
+                    "saved definition if persistent) so that migrations know which "
+                    "network each VF belongs to.")
+    tag.add_argument("domain", metavar="DOMAIN", help="guest name")
+    tag.add_argument("--network", required=True, help="network label, as in the config")
+    tag.add_argument("--device", metavar="ALIAS|MAC",
+                     help="label only this device (default: every VF device)")
+    tag.add_argument("--uri", help="libvirt URI (default: libvirt_uri of the config)")
     return parser
 
 
@@ -142,7 +168,76 @@ def _doctor(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     return 1 if any(finding.level == FAIL for finding in findings) else 0
 
 
-_COMMANDS = {"status": _status, "doctor": _doctor}
+def _reconcile(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
+    from .ledger import Ledger
+    from .reconcile import Reconciler, vf_resetter
+    from .virt import LibvirtHost
+
+    config = configuration.load(path)
+    host = LibvirtHost.open(args.uri or config.libvirt_uri)
+    try:
+        with Ledger(config.ledger_path, lock_timeout=config.lock_timeout) as ledger:
+            reconciler = Reconciler(config, ledger, vf_netlink=vf_resetter(config))
+            corrections = reconciler.reconcile(
+                host.active_guests(), dry_run=args.dry_run)
+    finally:
+        host.close()
+    prefix = "would " if args.dry_run else ""
+    for correction in corrections:
+        stdout.write(f"{prefix}{correction.line()}\n")
+    if not corrections:
+        stdout.write("ledger agrees with libvirt and sysfs: nothing to correct\n")
+    return 0
+
+
+class NothingToTag(Refused):
+    msg_fmt = "guest '{domain}' has {what}; nothing was labelled"
+
+
+def _tag(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
+    from . import METADATA_NAMESPACE, domxml, metadata
+    from .virt import LibvirtHost
+
+    if not configuration.NETWORK_LABEL.fullmatch(args.network):
+        raise UsageError(problem=f"network label {args.network!r} must be letters, digits, "
+                                 "'_', '.', ':' or '-'")
+    try:
+        config = configuration.load(path)
+        uri = args.uri or config.libvirt_uri
+    except ConfigMissing:
+        uri = args.uri or "qemu:///system"
+    host = LibvirtHost.open(uri)
+    try:
+        domain = host.lookup_name(args.domain)
+        uuid = domain.UUIDString()
+        active = host.is_active(uuid)
+        guest = host.guest(uuid, inactive=not active)
+        parsed = domxml.parse(guest.xml)
+        selected = {device.address for device in parsed.devices
+                    if device.kind != "detached" and device.address is not None
+                    and (args.device is None or args.device in (device.alias, device.mac))}
+        if not selected:
+            what = (f"no VF device '{args.device}'" if args.device else
+                    "no VF device (<interface type='hostdev'> or <hostdev type='pci'>)")
+            raise NothingToTag(domain=args.domain, what=what)
+        entries = metadata.labelled_entries(
+            parsed, lambda address: args.network if address in selected else None)
+        if entries is not None:
+            host.set_metadata(uuid, metadata.render(entries), METADATA_NAMESPACE,
+                              metadata.PREFIX, live=active, config=guest.persistent)
+    finally:
+        host.close()
+    where = " and ".join(w for w, on in (("live", active), ("saved definition",
+                                                            guest.persistent)) if on)
+    if entries is None:
+        stdout.write(f"guest {args.domain}: already labelled network {args.network}\n")
+    else:
+        stdout.write(f"guest {args.domain}: {len(selected)} VF device(s) labelled network "
+                     f"{args.network} ({where})\n")
+    return 0
+
+
+_COMMANDS = {"status": _status, "doctor": _doctor, "reconcile": _reconcile, "tag": _tag}
 
 
 def run() -> int:

@@ -9,6 +9,8 @@ An INI-style file with one ``[vfmigrate]`` section of host settings and one
     libvirt_run_dir = /run/libvirt/qemu   # status XML of running guests
     reservation_timeout = 300             # s an incoming claim lives without its guest
     lock_timeout = 10                     # s to wait for the ledger lock
+    libvirt_uri = qemu:///system          # the listener's and CLI's libvirt
+    vf_reset = netlink                    # or "none": leave released VFs as they are
 
     [network physnet1]                    # the label, the same on every host
     pfs = ens1f0, 0000:3b:00.1            # PFs by netdev name or PCI address
@@ -48,9 +50,10 @@ class NetworkConfig(namedtuple("NetworkConfig", "name pfs allow_vfs deny_vfs",
 
 
 class Config(namedtuple("Config", "path state_dir sysfs_root libvirt_run_dir "
-                        "reservation_timeout lock_timeout networks",
+                        "reservation_timeout lock_timeout libvirt_uri vf_reset networks",
                         defaults=("/var/lib/vfmigrate", "/sys", "/run/libvirt/qemu",
-                                  300.0, 10.0, types.MappingProxyType({})))):
+                                  300.0, 10.0, "qemu:///system", "netlink",
+                                  types.MappingProxyType({})))):
     """The whole file; ``networks`` maps each label to its NetworkConfig."""
 
     __slots__ = ()
@@ -95,7 +98,8 @@ def parse(text: str, path: str | os.PathLike) -> Config:
 
 
 _HOST_KEYS = {"state_dir", "sysfs_root", "libvirt_run_dir",
-              "reservation_timeout", "lock_timeout"}
+              "reservation_timeout", "lock_timeout", "libvirt_uri", "vf_reset"}
+_VF_RESET_MODES = ("netlink", "none")
 _NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs"}
 
 
@@ -170,6 +174,17 @@ class _Parser:
                 if not 0 < seconds <= 86400:
                     raise self.fail(number, key, f"must be seconds between 0 and 86400, got {value!r}")
                 settings[key] = seconds
+        if "libvirt_uri" in self.host:
+            number, value = self.host["libvirt_uri"]
+            if not re.fullmatch(r"[a-z0-9+]+://[^\s]*", value):
+                raise self.fail(number, "libvirt_uri", f"{value!r} is not a libvirt URI "
+                                "like qemu:///system")
+            settings["libvirt_uri"] = value
+        if "vf_reset" in self.host:
+            number, value = self.host["vf_reset"]
+            if value not in _VF_RESET_MODES:
+                raise self.fail(number, "vf_reset", f"must be one of {', '.join(_VF_RESET_MODES)}")
+            settings["vf_reset"] = value
         networks = {}
         owner_of_pf: dict[str, str] = {}
         for name, section in self.networks.items():

@@ -102,12 +102,21 @@ class DomainXML:
     """A parsed domain: identity, VF devices, and every PCI source it names."""
 
     def __init__(self, data: bytes, uuid: str, name: str, devices: list[VFDevice],
-                 pci_sources: list[PciAddress]) -> None:
+                 pci_sources: list[PciAddress],
+                 metadata_entries: list[dict[str, str]] | None = None) -> None:
         self.data = data
         self.uuid = uuid
         self.name = name
         self.devices = devices
         self.pci_sources = pci_sources
+        self.metadata_entries = metadata_entries or []   # validated attributes, in order
+
+    @property
+    def held_addresses(self) -> set[PciAddress]:
+        """Every host PCI address the guest holds: its devices' sources (also a
+        network interface's ``<actual>``) and its detached VFs."""
+        return set(self.pci_sources) | {device.address for device in self.devices
+                                        if device.kind == "detached" and device.address}
 
     @property
     def travelling_devices(self) -> list[VFDevice]:
@@ -163,6 +172,7 @@ class _DomainParser:
         self.device_counts = False
         self.devices: list[VFDevice] = []
         self.entries: list[VFDevice] = []
+        self.entry_attributes: list[dict[str, str]] = []
         self.pci_sources: list[PciAddress] = []
 
     def run(self) -> DomainXML:
@@ -180,7 +190,8 @@ class _DomainParser:
         if not name:
             raise BadDomainXML(problem="<name> is missing")
         return DomainXML(data=self.data, uuid=canonical_uuid(uuid), name=name,
-                         devices=self._match_metadata(), pci_sources=self.pci_sources)
+                         devices=self._match_metadata(), pci_sources=self.pci_sources,
+                         metadata_entries=self.entry_attributes)
 
     # -- expat callbacks ------------------------------------------------------
 
@@ -278,6 +289,7 @@ class _DomainParser:
         entry.address = entry.metadata_address
         entry.replug = attrs.get("replug") == "yes"
         self.entries.append(entry)
+        self.entry_attributes.append(dict(attrs))
 
     def _match_metadata(self) -> list[VFDevice]:
         devices = list(self.devices)

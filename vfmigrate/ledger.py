@@ -42,10 +42,12 @@ CREATE TABLE claims (
     state TEXT NOT NULL CHECK (state IN ('incoming', 'active', 'released')),
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    reset_at REAL
 );
 CREATE UNIQUE INDEX claims_one_live_per_vf ON claims (vf) WHERE state <> 'released';
 CREATE INDEX claims_live_by_domain ON claims (domain_uuid) WHERE state <> 'released';
+CREATE INDEX claims_reset_pending ON claims (vf) WHERE state = 'released' AND reset_at IS NULL;
 """
 
 # SQLite's primary result codes (sqlite3 exports them only from Python 3.11).
@@ -181,6 +183,11 @@ class Ledger:
         return self._read(f"SELECT {_COLUMNS} FROM claims WHERE state <> 'released' "
                           "AND domain_uuid = ? ORDER BY id", (domain_uuid,))
 
+    def pending_resets(self) -> list[Claim]:
+        """Released claims whose VF was not reset since, oldest first."""
+        return self._read(f"SELECT {_COLUMNS} FROM claims WHERE state = 'released' "
+                          "AND reset_at IS NULL ORDER BY updated, id")
+
     def history(self, limit: int = 100) -> list[Claim]:
         return self._read(f"SELECT {_COLUMNS} FROM claims ORDER BY updated DESC, id DESC "
                           "LIMIT ?", (limit,))
@@ -207,10 +214,16 @@ class Ledger:
             changed.append(claim._replace(state=state, updated=now, reason=reason))
         return changed
 
+    def mark_reset(self, vf: PciAddress) -> int:
+        """Record that ``vf`` was reset: every pending reset of it is done."""
+        cursor = self._write("UPDATE claims SET reset_at = ? WHERE vf = ? AND state = 'released' "
+                             "AND reset_at IS NULL", (self.clock(), str(vf)))
+        return cursor.rowcount
+
     def prune(self, older_than: float) -> int:
-        """Forget released claims last changed before ``older_than``."""
-        cursor = self._write("DELETE FROM claims WHERE state = 'released' AND updated < ?",
-                             (older_than,))
+        """Forget released, reset claims last changed before ``older_than``."""
+        cursor = self._write("DELETE FROM claims WHERE state = 'released' AND updated < ? "
+                             "AND reset_at IS NOT NULL", (older_than,))
         return cursor.rowcount
 
 

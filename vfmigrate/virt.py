@@ -6,7 +6,8 @@ Decisions are made on ``libvirtError.get_error_code()``, never on its text.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections import namedtuple
+from collections.abc import Callable
 
 from .errors import LibvirtFailure
 
@@ -18,6 +19,11 @@ def import_libvirt():
         raise LibvirtFailure(operation="import libvirt",
                              problem="python3-libvirt is not installed") from None
     return libvirt
+
+
+def silence_libvirt_stderr(libvirt) -> None:
+    """libvirt prints every error to stderr by default; vfmigrate reports its own."""
+    libvirt.registerErrorHandler(lambda context, error: None, None)
 
 
 def failure(operation: str, error: Exception) -> LibvirtFailure:
@@ -46,3 +52,108 @@ def libvirt_version_probe(uri: str) -> Callable[[], tuple[int, str]] | None:
         finally:
             connection.close()
     return probe
+
+
+class Guest(namedtuple("Guest", "uuid name persistent xml")):
+    """A guest as libvirt reports it; ``xml`` is its live (or inactive) XML, bytes."""
+
+    __slots__ = ()
+
+
+class LibvirtHost:
+    """The calls vfmigrate makes on one libvirt connection, errors translated.
+
+    A guest that disappears while being looked at is ``None``, not an error.
+    """
+
+    def __init__(self, connection, libvirt_module=None) -> None:
+        self.connection = connection
+        self.libvirt = libvirt_module or import_libvirt()
+
+    @classmethod
+    def open(cls, uri: str, opener: Callable[[str], object] | None = None) -> "LibvirtHost":
+        libvirt = import_libvirt()
+        silence_libvirt_stderr(libvirt)
+        try:
+            connection = (opener or libvirt.open)(uri)
+        except libvirt.libvirtError as error:
+            raise failure(f"connect to {uri}", error) from None
+        return cls(connection, libvirt)
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except self.libvirt.libvirtError:
+            pass
+
+    def _gone(self, error: Exception) -> bool:
+        return error.get_error_code() == self.libvirt.VIR_ERR_NO_DOMAIN
+
+    def _guest(self, domain, inactive: bool = False) -> Guest | None:
+        flags = self.libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        try:
+            return Guest(domain.UUIDString(), domain.name(), bool(domain.isPersistent()),
+                         domain.XMLDesc(flags).encode())
+        except self.libvirt.libvirtError as error:
+            if self._gone(error):
+                return None
+            raise failure("read domain XML", error) from None
+
+    def active_guests(self) -> list[Guest]:
+        try:
+            domains = self.connection.listAllDomains(
+                self.libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        except self.libvirt.libvirtError as error:
+            raise failure("list domains", error) from None
+        return [guest for guest in map(self._guest, domains) if guest is not None]
+
+    def _lookup(self, uuid: str):
+        try:
+            return self.connection.lookupByUUIDString(uuid)
+        except self.libvirt.libvirtError as error:
+            if self._gone(error):
+                return None
+            raise failure(f"look up domain {uuid}", error) from None
+
+    def lookup_name(self, name: str):
+        try:
+            return self.connection.lookupByName(name)
+        except self.libvirt.libvirtError as error:
+            raise failure(f"look up domain '{name}'", error) from None
+
+    def guest(self, uuid: str, inactive: bool = False) -> Guest | None:
+        """The guest if it is defined or running; its live XML unless ``inactive``."""
+        domain = self._lookup(uuid)
+        return None if domain is None else self._guest(domain, inactive)
+
+    def is_active(self, uuid: str) -> bool:
+        domain = self._lookup(uuid)
+        try:
+            return domain is not None and bool(domain.isActive())
+        except self.libvirt.libvirtError as error:
+            if self._gone(error):
+                return False
+            raise failure("isActive", error) from None
+
+    def set_metadata(self, uuid: str, element: str, namespace: str, prefix: str, *,
+                     live: bool, config: bool) -> bool:
+        """Replace vfmigrate's metadata element; False if the guest is gone."""
+        domain = self._lookup(uuid)
+        if domain is None:
+            return False
+        flags = ((self.libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+                 | (self.libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
+        try:
+            domain.setMetadata(self.libvirt.VIR_DOMAIN_METADATA_ELEMENT, element, prefix,
+                               namespace, flags)
+        except self.libvirt.libvirtError as error:
+            if self._gone(error):
+                return False
+            raise failure("setMetadata", error) from None
+        return True
+
+    def define(self, xml: bytes) -> None:
+        try:
+            self.connection.defineXML(xml.decode())
+        except self.libvirt.libvirtError as error:
+            raise failure("defineXML", error) from None

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from vfmigrate.cli import main
 
 from .domains import teaming_guest
@@ -86,3 +88,55 @@ def test_usage_errors_and_module_entry_point(host):
     result = subprocess.run([sys.executable, "-m", "vfmigrate", "--version"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("vfmigrate 0.")
+
+
+def _test_driver_guest(connection, name, vf):
+    from .test_listener_testdriver import hostdev_guest
+    domain = connection.defineXML(hostdev_guest(name, vf))
+    domain.create()
+    return domain
+
+
+def test_tag_labels_live_and_saved_definition(host):
+    libvirt = pytest.importorskip("libvirt")
+    connection = libvirt.open("test:///default")
+    domain = _test_driver_guest(connection, "tagme", host.physnet2_vfs[1])
+    try:
+        code, out, err = run_cli(host, "tag", "tagme", "--network", "physnet2",
+                                 "--uri", "test:///default")
+        assert (code, err) == (0, "")
+        assert out == "guest tagme: 1 VF device(s) labelled network physnet2 " \
+                      "(live and saved definition)\n"
+        for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
+            assert 'mac="52:54:00:12:34:56" network="physnet2"' in domain.XMLDesc(flags)
+        code, out, _ = run_cli(host, "tag", "tagme", "--network", "physnet2",
+                               "--uri", "test:///default")
+        assert out == "guest tagme: already labelled network physnet2\n"
+        code, _, err = run_cli(host, "tag", "tagme", "--network", "physnet2", "--device",
+                               "ua-nope", "--uri", "test:///default")
+        assert code == 1 and "has no VF device 'ua-nope'" in err
+        code, _, err = run_cli(host, "tag", "nosuch", "--network", "x", "--uri",
+                               "test:///default")
+        assert code == 6 and err.startswith("vfmigrate: libvirt: look up domain 'nosuch' failed")
+    finally:
+        domain.destroy()
+        domain.undefine()
+        connection.close()
+
+
+def test_reconcile_dry_run_then_for_real(host):
+    pytest.importorskip("libvirt")
+    host.write_config(vf_reset="none")
+    host.hook("start", teaming_guest("gone", [str(host.physnet1_vfs[5])]), domain="gone")
+    code, out, _ = run_cli(host, "reconcile", "--dry-run", "--uri", "test:///default")
+    assert code == 0
+    assert out == ("would corrected VF 0000:3b:01.5 (physnet1) guest gone: "
+                   "the guest is not running\n")
+    assert len(host.live_claims()) == 1
+    code, out, _ = run_cli(host, "reconcile", "--uri", "test:///default")
+    assert out.splitlines() == [
+        "corrected VF 0000:3b:01.5 (physnet1) guest gone: the guest is not running",
+        "reset     VF 0000:3b:01.5 (physnet1) guest gone: left as it is (vf_reset = none)"]
+    assert host.live_claims() == []
+    code, out, _ = run_cli(host, "reconcile", "--uri", "test:///default")
+    assert out == "ledger agrees with libvirt and sysfs: nothing to correct\n"

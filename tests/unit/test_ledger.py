@@ -71,5 +71,9 @@ def test_prune_forgets_old_released_rows_only(tmp_path):
             ledger.add(vf=PciAddress.parse("0000:3b:01.1"), network="n", domain_uuid="u",
                        domain_name="d", state=ACTIVE, reason="t")
         with ledger.transaction():
+            assert ledger.prune(older_than=150.0) == 0   # not reset yet: kept
+            assert [c.vf for c in ledger.pending_resets()] == [VF]
+            assert ledger.mark_reset(VF) == 1
+            assert ledger.pending_resets() == []
             assert ledger.prune(older_than=150.0) == 1
         assert len(ledger.history()) == 1

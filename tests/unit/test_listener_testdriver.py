@@ -1,0 +1,154 @@
+"""The listener in process against libvirt's test driver (real libvirt API).
+
+``test:///default`` is libvirt's in-process driver: real connections, real
+lifecycle events, metadata and definitions, no QEMU.  The daemon-level
+behaviour (real libvirtd, restarts, SIGKILL, journald, sd_notify) is tested
+in tests/testbed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from tests.unit.test_reconcile import FakeIPRoute
+from vfmigrate import logs
+from vfmigrate.events import Event
+from vfmigrate.ledger import ACTIVE
+from vfmigrate.listener import Listener, Notifier
+from vfmigrate.vfnetlink import VFNetlink
+
+libvirt = pytest.importorskip("libvirt")
+
+
+def pipe_udev_watch(pipe_reader: int):
+    """A udev source over a real pipe: lines of 'action subsystem sys_name'."""
+    def watch(on_event):
+        def pump():
+            with os.fdopen(pipe_reader) as lines:
+                for line in lines:
+                    on_event(*line.split())
+        thread = threading.Thread(target=pump, name="fake-udev", daemon=True)
+        thread.start()
+        return lambda: None
+    return watch
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def hostdev_guest(name: str, vf) -> str:
+    pci = vf.xml_attributes()
+    return f"""<domain type='test'>
+  <name>{name}</name>
+  <memory unit='KiB'>65536</memory>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <interface type='hostdev' managed='yes'>
+      <mac address='52:54:00:12:34:56'/>
+      <source><address type='pci' domain='{pci["domain"]}' bus='{pci["bus"]}'
+        slot='{pci["slot"]}' function='{pci["function"]}'/></source>
+    </interface>
+  </devices>
+</domain>"""
+
+
+@pytest.fixture
+def listener_run(host):
+    host.write_config({"physnet1": "ens1f0"})
+    sent, notified, netlink_calls = [], [], []
+    logs.setup(stream=None, sender=lambda MESSAGE, **fields: sent.append(
+        dict(fields, MESSAGE=MESSAGE)))
+    reader, writer = os.pipe()
+    listener = Listener(host.config(), uri="test:///default",
+                        udev_watch=pipe_udev_watch(reader),
+                        notifier=Notifier(send=notified.append, environ={}),
+                        vf_netlink=VFNetlink(host.sysfs.root,
+                                             lambda: FakeIPRoute(netlink_calls)))
+    thread = threading.Thread(target=listener.run, name="listener-under-test")
+    thread.start()
+    connection = libvirt.open("test:///default")
+    try:
+        wait_for(lambda: "READY=1" in notified, what="READY=1")
+        yield listener, connection, sent, notified, netlink_calls, os.fdopen(writer, "w")
+    finally:
+        listener.request_stop()
+        thread.join(10)
+        for name in ("vfguest",):
+            try:
+                domain = connection.lookupByName(name)
+                if domain.isActive():
+                    domain.destroy()
+                domain.undefine()
+            except libvirt.libvirtError:
+                pass
+        connection.close()
+    assert not thread.is_alive()
+    assert "STOPPING=1" in notified
+
+
+def test_start_labels_and_claims_stop_releases_and_resets(host, listener_run):
+    listener, connection, sent, notified, netlink_calls, udev = listener_run
+    vf = host.physnet1_vfs[2]
+    domain = connection.defineXML(hostdev_guest("vfguest", vf))
+    domain.create()
+    wait_for(lambda: [c.state for c in host.live_claims()] == [ACTIVE], what="claim")
+    wait_for(lambda: "vfmigrate:vf" in domain.XMLDesc(0), what="metadata label")
+    assert 'mac="52:54:00:12:34:56" network="physnet1"' in domain.XMLDesc(0)
+    assert 'network="physnet1"' in domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    labelled = [e for e in sent if e.get("MESSAGE_ID") == Event.METADATA.message_id]
+    assert labelled and labelled[0]["VFMIGRATE_DOMAIN"] == "vfguest"
+
+    udev.write(f"remove pci {vf}\n")
+    udev.flush()
+    host.sysfs.remove_vfs("0000:3b:00.0")
+    udev.write("remove pci 0000:3b:01.0\n")
+    udev.flush()
+    wait_for(lambda: any(e.get("MESSAGE_ID") == Event.VANISHED.message_id for e in sent),
+             what="vanished VF logged")
+    vanished = next(e for e in sent if e.get("MESSAGE_ID") == Event.VANISHED.message_id)
+    assert (vanished["VFMIGRATE_VF"], vanished["PRIORITY"]) == (str(vf), "3")
+
+    domain.destroy()
+    wait_for(lambda: host.live_claims() == [], what="claim released")
+    wait_for(lambda: any(e.get("MESSAGE_ID") == Event.VANISHED.message_id
+                         and "nothing to reset" in e["MESSAGE"] for e in sent),
+             what="reset attempt of a vanished VF")
+    assert any(s.startswith("STATUS=connected to test:///default; claims: 0 incoming, "
+                            "0 active") for s in notified)
+
+
+def test_reset_through_netlink_after_stop(host, listener_run):
+    listener, connection, sent, notified, netlink_calls, udev = listener_run
+    vf = host.physnet1_vfs[3]
+    domain = connection.defineXML(hostdev_guest("vfguest", vf))
+    domain.create()
+    wait_for(lambda: len(host.live_claims()) == 1, what="claim")
+    domain.destroy()
+    wait_for(lambda: ("set", 7, {"vf": 3, "mac": "00:00:00:00:00:00"}) in netlink_calls,
+             what="MAC reset")
+    resets = [e for e in sent if e.get("MESSAGE_ID") == Event.RESET.message_id]
+    assert resets[0]["VFMIGRATE_VF"] == str(vf)
+    assert resets[0]["VFMIGRATE_NETWORK"] == "physnet1"
+
+
+def test_malformed_work_is_logged_not_fatal(host, listener_run):
+    listener, connection, sent, notified, netlink_calls, udev = listener_run
+    listener.work.put(("no-such-event", 1, 2))
+    listener.work.put(("lifecycle", "not-a-uuid"))
+    listener.work.put(("device-removed", "00000000-0000-0000-0000-000000000000", "x", "ua-x"))
+    wait_for(lambda: any("unexpected error handling ('lifecycle', 'not-a-uuid')" in e["MESSAGE"]
+                         for e in sent), what="error logged")
+    assert any("ignoring unknown work item" in e["MESSAGE"] for e in sent)
+    domain = connection.defineXML(hostdev_guest("vfguest", host.physnet1_vfs[1]))
+    domain.create()
+    wait_for(lambda: len(host.live_claims()) == 1, what="listener still alive")

@@ -1,0 +1,537 @@
+"""The vfmigrate listener: what needs the libvirt API, driven by its events.
+
+The hook may not call libvirt; this daemon (``vfmigrate-listener``, a
+systemd ``Type=notify`` service) does, on the same host:
+
+========================  ====================================================
+event                     what the listener does
+========================  ====================================================
+STOPPED (any detail)      release the guest's claims (idempotent with the
+                          hook's ``release``), then reset every released VF
+                          nobody holds: MAC 0, VLAN 0, spoof check and trust
+                          to host defaults, through netlink on its PF
+STARTED (not MIGRATED)    label the guest's VFs with their network in its
+                          metadata (live, and config if persistent) so that a
+                          later migration carries the label
+RESUMED/MIGRATED          the guest arrived: its claims become ``active``; a
+                          persistent guest's saved definition, which still
+                          names the source's VFs, is rewritten to the VFs it
+                          holds here; its metadata is labelled
+DEVICE_REMOVED/ADDED      reconcile that guest: an unplugged VF is released
+                          and reset, a plugged one claimed
+DEVICE_REMOVAL_FAILED     logged
+JOB_COMPLETED             a migration's time and downtime are logged
+udev add/remove (PCI/net) VF counts refreshed; a claimed VF that vanished is
+                          logged as an error
+========================  ====================================================
+
+At start and after every reconnect the whole host is reconciled
+(:mod:`vfmigrate.reconcile`); READY=1 is sent once the callbacks are
+registered and that first reconcile is done.
+
+Threads, as in libvirt-python's ``examples/event-test.py``: libvirt's
+default event loop runs on a daemon thread named ``libvirt-event-loop``;
+pyudev's observer on its own.  Callbacks only put work on a queue; the main
+thread does the work, one item at a time, so no callback ever blocks libvirt
+and the ledger is used from one thread.
+
+Lost connection (libvirtd restarted or stopped): the listener reconnects
+with bounded exponential backoff (1 s doubling to 30 s), keeps pinging the
+watchdog and says ``STATUS=waiting for libvirt`` meanwhile, and reconciles
+after reconnecting.  Events missed while disconnected are covered by that
+reconcile.  SIGTERM/SIGINT: deregister the callbacks, close, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from . import METADATA_NAMESPACE, domxml, metadata
+from .config import Config
+from .errors import LibvirtFailure, VfmigrateError
+from .events import Event
+from .inventory import Inventory
+from .ledger import Ledger
+from .logs import event
+from .reconcile import Correction, Reconciler, vf_resetter
+from .virt import LibvirtHost, import_libvirt, silence_libvirt_stderr
+
+log = logging.getLogger("vfmigrate.listener")
+
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
+KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3
+PRUNE_AFTER = 30 * 86400   # released, reset claims are kept this long as history
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def start_libvirt_event_loop(libvirt) -> None:
+    """Register libvirt's default event implementation and run it on a daemon thread.
+
+    libvirt allows one default implementation per process, registered before
+    the first connection is opened; this is that process-wide start.
+    """
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run_forever() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run_forever, name="libvirt-event-loop", daemon=True).start()
+        _event_loop_started = True
+
+
+class Notifier:
+    """sd_notify: READY, STATUS, WATCHDOG, STOPPING (no-op outside systemd)."""
+
+    def __init__(self, send: Callable[[str], object] | None = None,
+                 environ: dict[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        if send is None and environ.get("NOTIFY_SOCKET"):
+            try:
+                from systemd import daemon
+                send = daemon.notify
+            except ImportError:
+                send = None
+        self.send = send
+        usec = environ.get("WATCHDOG_USEC", "")
+        self.watchdog_interval = int(usec) / 1e6 / 3 if usec.isdigit() else None
+
+    def notify(self, state: str) -> None:
+        if self.send is not None:
+            self.send(state)
+
+
+def pyudev_watch(on_event: Callable[[str, str, str], None]) -> Callable[[], None]:
+    """Watch PCI and net devices with pyudev; returns a function that stops it."""
+    import pyudev
+
+    context = pyudev.Context()
+    monitor = pyudev.Monitor.from_netlink(context)
+    monitor.filter_by("pci")
+    monitor.filter_by("net")
+
+    def deliver(device) -> None:
+        on_event(device.action or "", device.subsystem or "", device.sys_name or "")
+
+    observer = pyudev.MonitorObserver(monitor, callback=deliver, name="udev-monitor")
+    observer.daemon = True
+    observer.start()
+    return observer.stop
+
+
+class Listener:
+    def __init__(self, config: Config, *, uri: str | None = None, ledger: Ledger | None = None,
+                 opener: Callable[[str], object] | None = None, libvirt_module=None,
+                 udev_watch: Callable | None = pyudev_watch, notifier: Notifier | None = None,
+                 vf_netlink=None, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self.uri = uri or config.libvirt_uri
+        self.ledger = ledger   # opened in run(): SQLite wants the thread that uses it
+        self.libvirt = libvirt_module or import_libvirt()
+        self.opener = opener or self.libvirt.open
+        self.udev_watch = udev_watch
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.sleep = sleep
+        self.vf_netlink = vf_netlink or vf_resetter(config)
+        self.reconciler: Reconciler | None = None
+        self.work: queue.Queue = queue.Queue()
+        self.host: LibvirtHost | None = None
+        self.callback_ids: list[int] = []
+        self.stopping = False
+        self.stop_udev: Callable[[], None] | None = None
+        self.events_handled = 0
+        self.last_watchdog = 0.0
+        self.reconciled = False   # the first whole-host reconcile is done
+
+    # -- libvirt callbacks (event-loop thread): enqueue only ----------------
+
+    def _on_lifecycle(self, conn, dom, kind, detail, opaque) -> None:
+        self.work.put(("lifecycle", dom.UUIDString(), dom.name(), kind, detail))
+
+    def _on_device_removed(self, conn, dom, alias, opaque) -> None:
+        self.work.put(("device-removed", dom.UUIDString(), dom.name(), alias))
+
+    def _on_device_added(self, conn, dom, alias, opaque) -> None:
+        self.work.put(("device-added", dom.UUIDString(), dom.name(), alias))
+
+    def _on_device_removal_failed(self, conn, dom, alias, opaque) -> None:
+        self.work.put(("device-removal-failed", dom.UUIDString(), dom.name(), alias))
+
+    def _on_job_completed(self, conn, dom, params, opaque) -> None:
+        self.work.put(("job-completed", dom.UUIDString(), dom.name(), dict(params)))
+
+    def _on_close(self, conn, reason, opaque) -> None:
+        self.work.put(("connection-closed", reason))
+
+    def _on_udev(self, action: str, subsystem: str, sys_name: str) -> None:
+        self.work.put(("udev", action, subsystem, sys_name))
+
+    # -- connection ----------------------------------------------------------
+
+    def _connect(self) -> None:
+        """Open the connection and register every callback; backoff until it works."""
+        delay = BACKOFF_FIRST
+        while not self.stopping:
+            try:
+                connection = self.opener(self.uri)
+                self.host = LibvirtHost(connection, self.libvirt)
+                self._register(connection)
+                event(log, Event.LISTENER, "connected to %s, %d callbacks registered",
+                      self.uri, len(self.callback_ids))
+                return
+            except self.libvirt.libvirtError as error:
+                self._disconnect()
+                self.notifier.notify(f"STATUS=waiting for libvirt at {self.uri}: "
+                                     f"{error.get_error_message()}")
+                log.warning("cannot connect to %s (%s); retrying in %.0f s", self.uri,
+                            error.get_error_message(), delay)
+            self._wait(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _register(self, connection) -> None:
+        libvirt = self.libvirt
+        connection.registerCloseCallback(self._on_close, None)
+        try:
+            connection.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise
+            log.debug("%s has no keepalive (a local driver)", self.uri)
+        for event_id, callback in (
+                (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
+                (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_removed),
+                (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._on_device_added),
+                (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
+                 self._on_device_removal_failed),
+                (libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on_job_completed)):
+            self.callback_ids.append(
+                connection.domainEventRegisterAny(None, event_id, callback, None))
+
+    def _disconnect(self) -> None:
+        if self.host is None:
+            return
+        connection = self.host.connection
+        for callback_id in self.callback_ids:
+            try:
+                connection.domainEventDeregisterAny(callback_id)
+            except self.libvirt.libvirtError:
+                pass
+        self.callback_ids = []
+        try:
+            connection.unregisterCloseCallback()
+        except self.libvirt.libvirtError:
+            pass
+        self.host.close()
+        self.host = None
+
+    def _wait(self, seconds: float) -> None:
+        deadline = self.clock() + seconds
+        while not self.stopping and self.clock() < deadline:
+            self._ping_watchdog()
+            self.sleep(min(0.5, max(0.0, deadline - self.clock())))
+
+    def _ping_watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is not None and self.clock() - self.last_watchdog >= interval:
+            self.notifier.notify("WATCHDOG=1")
+            self.last_watchdog = self.clock()
+
+    # -- main loop -------------------------------------------------------------
+
+    def request_stop(self, *args) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        if self.ledger is None:
+            self.ledger = Ledger(self.config.ledger_path, lock_timeout=self.config.lock_timeout,
+                                 clock=self.clock)
+        self.reconciler = Reconciler(self.config, self.ledger, vf_netlink=self.vf_netlink,
+                                     clock=self.clock)
+        silence_libvirt_stderr(self.libvirt)
+        start_libvirt_event_loop(self.libvirt)
+        if self.udev_watch is not None:
+            self.stop_udev = self.udev_watch(self._on_udev)
+        self._connect()
+        self.work.put(("reconcile", "start"))
+        ready = False
+        while not self.stopping:
+            self._ping_watchdog()
+            try:
+                item = self.work.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._handle_fenced(item)
+            if self.reconciled and not ready:
+                self.notifier.notify("READY=1")
+                ready = True
+            self._update_status()
+        self.notifier.notify("STOPPING=1")
+        self._disconnect()
+        if self.stop_udev is not None:
+            self.stop_udev()
+        event(log, Event.LISTENER, "listener stopped after %d events", self.events_handled)
+        return 0
+
+    def _handle_fenced(self, item: tuple) -> None:
+        """Handle one work item; no failure may end the listener."""
+        try:
+            self.handle(item)
+            self.events_handled += 1
+        except LibvirtFailure as error:
+            log.error("%s: %s", item[0], error)
+            if self.host is not None and not self._alive():
+                self._reconnect("libvirt connection lost")
+        except VfmigrateError as error:
+            log.error("%s: %s", item[0], error)
+        except Exception:
+            log.exception("unexpected error handling %r", item)
+
+    def _alive(self) -> bool:
+        try:
+            return self.host.connection.isAlive() == 1
+        except self.libvirt.libvirtError:
+            return False
+
+    def _reconnect(self, why: str) -> None:
+        event(log, Event.LISTENER, "%s; reconnecting to %s", why, self.uri,
+              level=logging.WARNING)
+        self._disconnect()
+        self._connect()
+        self.work.put(("reconcile", "reconnect"))
+
+    def _update_status(self) -> None:
+        try:
+            claims = self.ledger.live_claims()
+            pending = len({claim.vf for claim in self.ledger.pending_resets()})
+        except VfmigrateError as error:
+            self.notifier.notify(f"STATUS=connected to {self.uri}; ledger unreadable: {error}")
+            return
+        incoming = sum(1 for claim in claims if claim.state == "incoming")
+        self.notifier.notify(f"STATUS=connected to {self.uri}; claims: {incoming} incoming, "
+                             f"{len(claims) - incoming} active; {pending} resets pending; "
+                             f"{self.events_handled} events handled")
+
+    # -- work ------------------------------------------------------------------
+
+    def handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "reconcile":
+            self.reconcile_all(item[1])
+        elif kind == "lifecycle":
+            self._lifecycle(*item[1:])
+        elif kind in ("device-removed", "device-added"):
+            uuid, name, alias = item[1:]
+            log.info("guest %s: device %s %s", name, alias, kind.split("-")[1])
+            self.reconcile_guest(uuid, f"{kind} {alias}")
+        elif kind == "device-removal-failed":
+            uuid, name, alias = item[1:]
+            event(log, Event.DETACHED, "guest %s refused to unplug device %s", name, alias,
+                  level=logging.WARNING, domain=name, alias=alias)
+        elif kind == "job-completed":
+            self._job_completed(*item[1:])
+        elif kind == "connection-closed":
+            self._reconnect(f"libvirt closed the connection (reason {item[1]})")
+        elif kind == "udev":
+            self._udev(*item[1:])
+        else:
+            log.warning("ignoring unknown work item %r", item)
+
+    def _lifecycle(self, uuid: str, name: str, kind: int, detail: int) -> None:
+        libvirt = self.libvirt
+        log.debug("guest %s: lifecycle event %d detail %d", name, kind, detail)
+        if kind == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            self.reconcile_guest(uuid, "stopped")
+        elif kind == libvirt.VIR_DOMAIN_EVENT_STARTED \
+                and detail != libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED:
+            self.label_guest(uuid)
+            self.reconcile_guest(uuid, "started")
+        elif kind == libvirt.VIR_DOMAIN_EVENT_RESUMED \
+                and detail == libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED:
+            self.arrived(uuid, name)
+
+    def _job_completed(self, uuid: str, name: str, params: dict) -> None:
+        libvirt = self.libvirt
+        operation = params.get(libvirt.VIR_DOMAIN_JOB_OPERATION)
+        if operation not in (libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN,
+                             libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT):
+            return
+        direction = ("in" if operation == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN
+                     else "out")
+        elapsed = params.get(libvirt.VIR_DOMAIN_JOB_TIME_ELAPSED)
+        downtime = params.get(libvirt.VIR_DOMAIN_JOB_DOWNTIME)
+        event(log, Event.MIGRATED, "guest %s migrated %s: %s ms elapsed, %s ms downtime", name,
+              direction, elapsed, downtime, domain=name, direction=direction,
+              time_elapsed_ms=elapsed, downtime_ms=downtime)
+
+    def _udev(self, action: str, subsystem: str, sys_name: str) -> None:
+        if action not in ("add", "remove"):
+            return
+        inventory = Inventory(self.config.sysfs_root, self.config.networks.values())
+        counts = ", ".join(f"{network}: {len(inventory.vfs_of_network(network))} VFs"
+                           for network in self.config.networks)
+        log.info("udev %s %s %s; inventory now %s", action, subsystem, sys_name,
+                 counts or "empty")
+        present = {vf.address for network in self.config.networks
+                   for vf in inventory.vfs_of_network(network)}
+        for claim in self.ledger.live_claims():
+            if claim.vf not in present:
+                event(log, Event.VANISHED, "VF %s claimed by guest %s (%s) vanished from sysfs",
+                      claim.vf, claim.domain_name, claim.state, level=logging.ERROR,
+                      domain=claim.domain_name, vf=claim.vf, network=claim.network)
+
+    # -- actions -------------------------------------------------------------
+
+    def _log_corrections(self, corrections: list[Correction], context: str) -> None:
+        for correction in corrections:
+            level = logging.ERROR if correction.event in (Event.CONFLICT, Event.VANISHED) \
+                or correction.detail.startswith("reset failed") else logging.INFO
+            event(log, correction.event, "%s: %s", context, correction.line(), level=level,
+                  domain=correction.domain_name, vf=correction.vf, network=correction.network)
+
+    def reconcile_all(self, context: str) -> list[Correction]:
+        corrections = self.reconciler.reconcile(self.host.active_guests())
+        self._log_corrections(corrections, f"reconcile after {context}")
+        with self.ledger.transaction():
+            self.ledger.prune(self.clock() - PRUNE_AFTER)
+        self.reconciled = True
+        return corrections
+
+    def reconcile_guest(self, uuid: str, context: str) -> list[Correction]:
+        corrections = self.reconciler.reconcile(self.host.active_guests(), only_uuid=uuid)
+        self._log_corrections(corrections, context)
+        return corrections
+
+    def _network_of(self, inventory: Inventory):
+        def network_of(address):
+            vf = inventory.find_vf(address)
+            return vf.network if vf is not None else None
+        return network_of
+
+    def label_guest(self, uuid: str) -> bool:
+        """Name each VF's network in the guest's metadata; True if it changed."""
+        guest = self.host.guest(uuid)
+        if guest is None:
+            return False
+        parsed = domxml.parse(guest.xml)
+        inventory = Inventory(self.config.sysfs_root, self.config.networks.values())
+        entries = metadata.labelled_entries(parsed, self._network_of(inventory))
+        if entries is None:
+            return False
+        changed = self.host.set_metadata(uuid, metadata.render(entries), METADATA_NAMESPACE,
+                                         metadata.PREFIX, live=True, config=guest.persistent)
+        if changed:
+            labels = ", ".join(f"{e.get('mac') or e.get('alias')}={e['network']}"
+                               for e in entries if e.get("network"))
+            event(log, Event.METADATA, "guest %s: metadata labels %s", guest.name, labels,
+                  domain=guest.name)
+        return changed
+
+    def arrived(self, uuid: str, name: str) -> None:
+        """A migration finished here: activate, fix the saved definition, label."""
+        from .claims import Claims
+        from .running import running_guests
+
+        claims = Claims(self.config, self.ledger,
+                        Inventory(self.config.sysfs_root, self.config.networks.values()),
+                        running_guests(self.config.libvirt_run_dir), self.clock)
+        for change in claims.activate(uuid, "arrived: migration finished"):
+            event(log, change.event, "guest %s arrived: VF %s active", name, change.claim.vf,
+                  domain=name, vf=change.claim.vf, network=change.claim.network)
+        self.fix_persistent_definition(uuid)
+        self.label_guest(uuid)
+        self.reconcile_guest(uuid, "arrived")
+
+    def fix_persistent_definition(self, uuid: str) -> bool:
+        """Make the saved definition name the VFs the running guest holds here.
+
+        libvirt passes only the live XML through the hook, so after
+        ``migrate --persistent`` the saved definition still names the source's
+        VFs.
+        """
+        live = self.host.guest(uuid)
+        if live is None or not live.persistent:
+            return False
+        saved = self.host.guest(uuid, inactive=True)
+        if saved is None:
+            return False
+        live_doc, saved_doc = domxml.parse(live.xml), domxml.parse(saved.xml)
+        pairs = []
+        for device in saved_doc.devices:
+            match = _same_device(device, saved_doc.devices, live_doc.devices)
+            if match is not None and match.address is not None \
+                    and match.address != device.address:
+                pairs.append((device, match.address))
+        if not pairs:
+            return False
+        self.host.define(saved_doc.rewrite(pairs))
+        for device, address in pairs:
+            event(log, Event.CORRECTED, "guest %s: saved definition now names VF %s for %s "
+                  "(was %s)", live.name, address, device.describe(), device.address,
+                  domain=live.name, vf=address)
+        return True
+
+
+def _same_device(device: domxml.VFDevice, saved: list[domxml.VFDevice],
+                 live: list[domxml.VFDevice]) -> domxml.VFDevice | None:
+    """The live counterpart of a saved device: by MAC, alias, else position."""
+    same_kind = [d for d in live if d.kind == device.kind]
+    for key in ("mac", "alias"):
+        value = getattr(device, key)
+        if value:
+            found = next((d for d in same_kind if getattr(d, key) == value), None)
+            if found is not None:
+                return found
+    position = [d for d in saved if d.kind == device.kind].index(device)
+    return same_kind[position] if position < len(same_kind) else None
+
+
+def main(argv: list[str], stdout: TextIO, stderr: TextIO, *,
+         environ: dict[str, str] | None = None) -> int:
+    import argparse
+
+    from . import config as configuration
+    from . import logs
+    from .errors import UsageError, exit_code_for
+
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="vfmigrate-listener",
+        description="Release and reset SR-IOV VFs after libvirt migrations; "
+                    "keep vfmigrate's ledger true. Runs under systemd (Type=notify).")
+    parser.add_argument("--config", help="config file (default: $VFMIGRATE_CONFIG or "
+                                         f"{configuration.DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--uri", help="libvirt URI (default: libvirt_uri of the config)")
+    parser.add_argument("--debug", action="store_true", help="log debug messages")
+    args = parser.parse_args(argv[1:])
+    logs.setup(stream=stderr, level=logging.DEBUG if args.debug else logging.INFO)
+    try:
+        config = configuration.load(configuration.config_path(args.config, environ))
+        listener = Listener(config, uri=args.uri)
+    except (VfmigrateError, UsageError) as error:
+        stderr.write(f"vfmigrate-listener: {error}\n")
+        return exit_code_for(error)
+    signal.signal(signal.SIGTERM, listener.request_stop)
+    signal.signal(signal.SIGINT, listener.request_stop)
+    event(log, Event.LISTENER, "listener starting (config %s, libvirt %s)", config.path,
+          listener.uri)
+    return listener.run()
+
+
+def run() -> int:
+    return main(sys.argv, sys.stdout, sys.stderr)
