@@ -4,7 +4,7 @@ PYTHON := .venv/bin/python
 .PHONY: deps test unit bench
 
 deps:
-	scripts/install-deps
+	tests/install-deps
 
 # Every test tier, with what each cost.
 test: deps

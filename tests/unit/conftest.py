@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.fakesysfs import CONNECTX5, E810, FakeSysfs
+import vfmigrate
 from vfmigrate import config as configuration
 from vfmigrate import hook
 from vfmigrate.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK_SOURCE = REPO / "hooks" / "qemu"
+PACKAGE_PARENT = Path(vfmigrate.__file__).resolve().parents[1]
 MINIMAL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -82,12 +84,14 @@ class FakeHost:
         return HookResult(code, stdout.getvalue(), stderr.getvalue())
 
     def hook_executable(self) -> Path:
-        """hooks/qemu with this interpreter in its #! line, as the testbed installs it."""
+        """hooks/qemu with this interpreter in its #! line and the package under test
+        first on its path (``-I`` ignores PYTHONPATH, which pybuild's tests use)."""
         if self._hook_executable is None:
             text = HOOK_SOURCE.read_text().split("\n", 1)[1]
             target = self.root / "hooks" / "qemu.d" / "vfmigrate"
             target.parent.mkdir(parents=True)
-            target.write_text(f"#!{sys.executable} -I\n{text}")
+            target.write_text(f"#!{sys.executable} -I\nimport sys\n"
+                              f"sys.path.insert(0, {str(PACKAGE_PARENT)!r})\n{text}")
             target.chmod(0o755)
             self._hook_executable = target
         return self._hook_executable
