@@ -401,12 +401,21 @@ class Listener:
         for correction in corrections:
             level = logging.ERROR if correction.event in (Event.CONFLICT, Event.VANISHED) \
                 or correction.detail.startswith("reset failed") else logging.INFO
-            event(log, correction.event, "%s: %s", context, correction.line(), level=level,
-                  domain=correction.domain_name, vf=correction.vf, network=correction.network)
+            guest = f"guest {correction.domain_name}" if correction.domain_name else "no guest"
+            event(log, correction.event, "%s: VF %s (network %s) of %s: %s", context,
+                  correction.vf, correction.network or "-", guest, correction.detail,
+                  level=level, domain=correction.domain_name, vf=correction.vf,
+                  network=correction.network)
 
     def reconcile_all(self, context: str) -> list[Correction]:
-        corrections = self.reconciler.reconcile(self.host.active_guests())
+        """The whole host; also the saved definitions of guests that arrived while
+        the listener was not there to see them arrive."""
+        guests = self.host.active_guests()
+        corrections = self.reconciler.reconcile(guests)
         self._log_corrections(corrections, f"reconcile after {context}")
+        for guest in guests:
+            if guest.persistent:
+                self.fix_persistent_definition(guest.uuid)
         with self.ledger.transaction():
             self.ledger.prune(self.clock() - PRUNE_AFTER)
         self.reconciled = True

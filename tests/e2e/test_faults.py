@@ -1,0 +1,127 @@
+"""Failures in the middle of a migration: nothing leaks, nothing is doubled.
+
+The guest is the tiny Linux guest (256 MiB, ~67 MiB of it written) migrated
+with a bandwidth cap so that the transfer takes ~10 s: the fault is injected
+once the destination has reserved a VF for it and its QEMU is receiving.
+Afterwards, whatever was killed is restarted and both listeners reconcile;
+then the guest runs on exactly one host and each host's live claims are
+exactly the simulated VFs of the guests running there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.testbed.guests import SerialLog, linux_guest_xml
+
+from .vfhosts import guest_mac_for, simulated_vf_of, vf_testbed, wait_until, with_simulated_vf
+
+BANDWIDTH_MIB_S = "8"
+
+
+def start_linux_guest(source, image, testbed, name="lin"):
+    serial = testbed.shared_dir / f"{name}.serial.log"
+    xml = with_simulated_vf(linux_guest_xml(name, image, serial), source.vfs[0],
+                            guest_mac_for(name))
+    source.host.create_domain(xml)
+    SerialLog(serial).wait_ready(timeout=120)
+    return name
+
+
+def migrate_in_background(source, destination, name):
+    outcome = {}
+
+    def run():
+        outcome["result"] = source.host.migrate(name, destination.host, "--bandwidth",
+                                                BANDWIDTH_MIB_S, check=False, timeout=180)
+
+    thread = threading.Thread(target=run, name="migration")
+    thread.start()
+    return thread, outcome
+
+
+def wait_for_transfer(destination, name):
+    """Until the destination holds a claim for the guest and its QEMU runs."""
+    wait_until(lambda: any(c.domain_name == name for c in destination.claims())
+               and destination.host.qemu_pids(), 60, "the incoming migration to be under way")
+    time.sleep(1.0)
+
+
+def assert_consistent(hosts, name):
+    running_on = [h for h in hosts if h.host.domain_state(name) == "running"]
+    assert len(running_on) == 1, [h.name for h in running_on]
+    for vf_host in hosts:
+        expected = []
+        if vf_host is running_on[0]:
+            expected = [(name, simulated_vf_of(vf_host.host.virsh("dumpxml", name).stdout),
+                         "active")]
+        wait_until(lambda: vf_host.claim_summary() == expected, 30,
+                   f"host {vf_host.name}'s claims to be {expected} "
+                   f"(are {vf_host.claim_summary()})")
+    return running_on[0]
+
+
+@pytest.fixture
+def lab_hosts():
+    with vf_testbed(2) as vf_hosts:
+        yield vf_hosts
+
+
+def test_destination_libvirtd_killed_mid_migration(lab_hosts, linux_guest_image):
+    a, b = lab_hosts
+    name = start_linux_guest(a, linux_guest_image, lab_hosts.testbed)
+    thread, outcome = migrate_in_background(a, b, name)
+    wait_for_transfer(b, name)
+    b.host.kill_libvirtd(signal.SIGKILL)
+    thread.join(180)
+    assert outcome["result"].completed.returncode != 0
+    b.host.restart_libvirtd()
+    assert assert_consistent(lab_hosts, name) is a
+
+
+def test_destination_qemu_killed_mid_migration(lab_hosts, linux_guest_image):
+    a, b = lab_hosts
+    name = start_linux_guest(a, linux_guest_image, lab_hosts.testbed)
+    thread, outcome = migrate_in_background(a, b, name)
+    wait_for_transfer(b, name)
+    for pid in b.host.qemu_pids():
+        os.kill(pid, signal.SIGKILL)
+    thread.join(180)
+    assert outcome["result"].completed.returncode != 0
+    assert assert_consistent(lab_hosts, name) is a
+
+
+@pytest.mark.parametrize("which", ["source", "destination"])
+def test_listener_killed_mid_migration(lab_hosts, linux_guest_image, which):
+    a, b = lab_hosts
+    name = start_linux_guest(a, linux_guest_image, lab_hosts.testbed)
+    thread, outcome = migrate_in_background(a, b, name)
+    wait_for_transfer(b, name)
+    victim = a if which == "source" else b
+    assert victim.stop_listener(signal.SIGKILL) == -signal.SIGKILL
+    thread.join(180)
+    assert outcome["result"].completed.returncode == 0, outcome["result"].completed.stderr
+    victim.start_listener()
+    assert assert_consistent(lab_hosts, name) is b
+    # Whichever listener was down, the released source VF is reset once it is back.
+    wait_until(lambda: not a.pending_resets(), 15, "the source's released VF to be reset")
+
+
+def test_listener_killed_mid_batch_of_events(lab_hosts):
+    a, _ = lab_hosts
+    for index in range(4):
+        a.start_guest(f"g{index}", a.vfs[index])
+    stopper = threading.Thread(target=lambda: [a.host.virsh("destroy", f"g{index}")
+                                               for index in range(4)])
+    stopper.start()
+    time.sleep(0.3)
+    a.stop_listener(signal.SIGKILL)
+    stopper.join(60)
+    a.start_listener()
+    wait_until(lambda: a.claims() == [] and not a.pending_resets(), 30,
+               "the ledger to match libvirt (no guest runs)")
