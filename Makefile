@@ -1,7 +1,7 @@
-# vfmigrate developer entry points (see README.md).
+# vfmigrate developer entry points (see README.md).  Everything runs as root.
 PYTHON := .venv/bin/python
 
-.PHONY: deps test unit bench
+.PHONY: deps test unit demo bench deb rpm
 
 deps:
 	tests/install-deps
@@ -13,5 +13,17 @@ test: deps
 unit: deps
 	$(PYTHON) -m pytest tests/unit
 
+# A live migration with vfmigrate between two real libvirt hosts on this machine.
+demo: deps
+	$(PYTHON) -m tests.e2e.demo
+
 bench: deps
 	$(PYTHON) benchmarks/hook_latency.py
+	$(PYTHON) benchmarks/listener_latency.py
+	$(PYTHON) benchmarks/migration_overhead.py
+
+deb:
+	packaging/build deb
+
+rpm:
+	packaging/build rpm

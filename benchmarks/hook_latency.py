@@ -7,6 +7,8 @@ Prints p50/p95 over N runs of:
   migrate 4    migrate begin for a 4-VF guest on a host with 4 PFs x 256 VFs,
                500 ledger rows and 20 running VF guests
   migrate 64   the same for a 64-VF guest
+  prepare/start/started/release 4
+               the rest of the 4-VF guest's life on the host, one hook call each
 
 Targets (issue 2): no-VF <= 1.3x floor, migrate 4 <= 2.5x floor.
 
@@ -104,16 +106,27 @@ def main() -> None:
         env = dict(ENV, VFMIGRATE_CONFIG=str(config))
         guests = {"migrate 4": teaming_guest("bench4", ["0000:99:00.0"] * 4),
                   "migrate 64": teaming_guest("bench64", ["0000:99:00.0"] * 64)}
-        samples: dict[str, list[float]] = {"floor": [], "no-VF": [], "migrate 4": [],
-                                           "migrate 64": []}
+        samples: dict[str, list[float]] = {
+            "floor": [], "no-VF": [], "migrate 4": [], "migrate 64": [],
+            "prepare 4": [], "start 4": [], "started 4": [], "release 4": []}
+
+        def hook_call(operation: str, xml: bytes, prints: bool) -> float:
+            sub_operation = "end" if operation == "release" else "begin"
+            return timed([str(hook), "guest", operation, sub_operation, "-"], xml, env, prints)
+
         for _ in range(args.runs):  # interleaved, so drift hits every case alike
             samples["floor"].append(timed([args.python, "-I", "-c", "pass"], b"", env, False))
-            samples["no-VF"].append(timed([str(hook), "plain", "migrate", "begin", "-"],
-                                          plain_guest("plain"), env, False))
-            for case, xml in guests.items():
-                samples[case].append(timed([str(hook), case, "migrate", "begin", "-"], xml,
-                                           env, True))
-                release_all(root, "bench4" if case == "migrate 4" else "bench64")
+            samples["no-VF"].append(hook_call("migrate", plain_guest("plain"), False))
+            # The whole incoming lifecycle of a 4-VF guest, then its departure.
+            start = time.perf_counter()
+            rewritten = subprocess.run([str(hook), "guest", "migrate", "begin", "-"],
+                                       input=guests["migrate 4"], capture_output=True,
+                                       env=env).stdout
+            samples["migrate 4"].append(time.perf_counter() - start)
+            for operation in ("prepare", "start", "started", "release"):
+                samples[f"{operation} 4"].append(hook_call(operation, rewritten, False))
+            samples["migrate 64"].append(hook_call("migrate", guests["migrate 64"], True))
+            release_all(root, "bench64")
         floor = statistics.median(samples["floor"])
         print(f"hook latency, {args.runs} runs each, interpreter {args.python}")
         print(f"{'case':<12} {'p50 ms':>8} {'p95 ms':>8} {'p50/floor':>10}")

@@ -48,12 +48,22 @@ class Assignment(namedtuple("Assignment", "device vf claim")):
 
 class Claims:
     def __init__(self, config: Config, ledger: Ledger, inventory: Inventory,
-                 running: Mapping[str, RunningGuest], clock: Callable[[], float]) -> None:
+                 running: Mapping[str, RunningGuest] | Callable[[], Mapping[str, RunningGuest]],
+                 clock: Callable[[], float]) -> None:
+        """``running`` may be a function: it is then called once, when first needed
+        (reading every running guest's status file is the costly part of a hook call,
+        and releasing or activating claims does not need it)."""
         self.config = config
         self.ledger = ledger
         self.inventory = inventory
-        self.running = running
+        self._running = running
         self.clock = clock
+
+    @property
+    def running(self) -> Mapping[str, RunningGuest]:
+        if callable(self._running):
+            self._running = self._running()
+        return self._running
 
     # -- helpers ------------------------------------------------------------
 

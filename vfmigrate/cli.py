@@ -214,7 +214,7 @@ def _tag(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
         guest = host.guest(uuid, inactive=not active)
         parsed = domxml.parse(guest.xml)
         selected = {device.address for device in parsed.devices
-                    if device.kind != "detached" and device.address is not None
+                    if device.kind != "metadata" and device.address is not None
                     and (args.device is None or args.device in (device.alias, device.mac))}
         if not selected:
             what = (f"no VF device '{args.device}'" if args.device else

@@ -8,9 +8,10 @@ A *VF device* is a PCI passthrough device with a host-side source address:
 
 * ``<interface type='hostdev'>`` with ``<source><address type='pci' …/>``;
 * ``<hostdev mode='subsystem' type='pci'>`` with the same;
-* an entry of vfmigrate's own metadata that matches no device above: a VF the
-  guest holds outside its device list (unplugged for a migration, to be
-  plugged again on arrival).  Its host address is the entry's ``address``.
+* a *metadata-only VF* (kind ``metadata``): an entry of vfmigrate's own
+  metadata that matches no device above, a VF the guest holds outside its
+  device list (unplugged for a migration, to be plugged again on arrival; or
+  simulated, in the testbed).  Its host address is the entry's ``address``.
 
 vfmigrate's metadata labels devices (matched by ``alias``, else ``mac``)::
 
@@ -69,7 +70,7 @@ class VFDevice:
 
     def __init__(self, kind: str, *, labelled: bool = False,
                  metadata_tag: Span | None = None) -> None:
-        self.kind = kind                      # "interface", "hostdev" or "detached"
+        self.kind = kind                      # "interface", "hostdev" or "metadata"
         self.alias: str | None = None
         self.mac: str | None = None
         self.address: PciAddress | None = None   # host side
@@ -85,13 +86,13 @@ class VFDevice:
     @property
     def rides_along(self) -> bool:
         """Whether this VF moves with a migration (and so needs a VF there)."""
-        return self.teaming or self.labelled or self.kind == "detached"
+        return self.teaming or self.labelled or self.kind == "metadata"
 
     def describe(self) -> str:
         name = self.alias or (f"mac {self.mac}" if self.mac else None)
         where = f"VF {self.address}" if self.address else "no VF"
-        if self.kind == "detached":
-            return f"detached VF ({name or where})"
+        if self.kind == "metadata":
+            return f"metadata-only VF ({name or where})"
         return f"{self.kind} {name} ({where})" if name else f"{self.kind} at {where}"
 
     def __repr__(self) -> str:
@@ -114,9 +115,9 @@ class DomainXML:
     @property
     def held_addresses(self) -> set[PciAddress]:
         """Every host PCI address the guest holds: its devices' sources (also a
-        network interface's ``<actual>``) and its detached VFs."""
+        network interface's ``<actual>``) and its metadata-only VFs."""
         return set(self.pci_sources) | {device.address for device in self.devices
-                                        if device.kind == "detached" and device.address}
+                                        if device.kind == "metadata" and device.address}
 
     @property
     def travelling_devices(self) -> list[VFDevice]:
@@ -128,7 +129,7 @@ class DomainXML:
         for device, address in new_addresses:
             if device.address_tag is not None:
                 edits.append((device.address_tag, address.xml_attributes()))
-            if device.metadata_tag is not None and (device.kind == "detached"
+            if device.metadata_tag is not None and (device.kind == "metadata"
                                                     or device.metadata_address is not None):
                 edits.append((device.metadata_tag, {"address": str(address)}))
         out = bytearray(self.data)
@@ -266,7 +267,7 @@ class _DomainParser:
             device.vlan = int(attrs["id"])
 
     def _metadata_entry(self, attrs: dict[str, str]) -> None:
-        entry = VFDevice(kind="detached", labelled=True, metadata_tag=self._span())
+        entry = VFDevice(kind="metadata", labelled=True, metadata_tag=self._span())
         where = f"<vfmigrate:vf> entry {len(self.entries) + 1} in <metadata>"
         alias, mac, network = attrs.get("alias"), attrs.get("mac"), attrs.get("network")
         if alias is not None and not _ALIAS.fullmatch(alias):

@@ -84,12 +84,15 @@ class HookCall:
         if self.ledger is None:
             self.ledger = Ledger(config.ledger_path, lock_timeout=config.lock_timeout,
                                  clock=self.clock)
-        problems: list[str] = []
-        running = running_guests(config.libvirt_run_dir, problems)
-        for problem in problems:
-            self.log.event(Event.CONFLICT, problem, priority=WARNING, domain=self.domain_name)
+        def load_running():
+            problems: list[str] = []
+            running = running_guests(config.libvirt_run_dir, problems)
+            for problem in problems:
+                self.log.event(Event.CONFLICT, problem, priority=WARNING,
+                               domain=self.domain_name)
+            return running
         return Claims(config, self.ledger, Inventory(sysfs_root, config.networks.values()),
-                      running, self.clock)
+                      load_running, self.clock)
 
     # -- operations ---------------------------------------------------------
 

@@ -48,7 +48,7 @@ def labelled_entries(domain: DomainXML, network_of: Callable[[PciAddress], str |
     entries = [dict(entry) for entry in domain.metadata_entries]
     changed = False
     for device in domain.devices:
-        if device.kind == "detached" or device.address is None:
+        if device.kind == "metadata" or device.address is None:
             continue
         network = network_of(device.address)
         if network is None or not (device.mac or device.alias):

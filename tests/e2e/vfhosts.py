@@ -201,7 +201,7 @@ def with_simulated_vf(xml: str, vf: PciAddress, mac: str, network: str = NETWORK
 def simulated_vf_of(xml: str) -> str | None:
     """The host address of the simulated VF a guest's XML declares."""
     from vfmigrate import domxml
-    devices = [d for d in domxml.parse(xml.encode()).devices if d.kind == "detached"]
+    devices = [d for d in domxml.parse(xml.encode()).devices if d.kind == "metadata"]
     return str(devices[0].address) if devices else None
 
 

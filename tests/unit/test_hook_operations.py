@@ -247,8 +247,8 @@ def test_detached_metadata_vfs_are_claimed_and_their_address_rewritten(host):
     assert result.code == 0, result.stderr
     devices = domxml.parse(result.stdout).devices
     assert [(d.kind, str(d.address), d.replug) for d in devices] == [
-        ("detached", str(host.physnet2_vfs[0]), True),
-        ("detached", str(host.physnet1_vfs[0]), False)]
+        ("metadata", str(host.physnet2_vfs[0]), True),
+        ("metadata", str(host.physnet1_vfs[0]), False)]
     assert sorted(c.network for c in host.live_claims()) == ["physnet1", "physnet2"]
 
 

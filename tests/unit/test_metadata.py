@@ -36,4 +36,4 @@ def test_rendered_metadata_is_read_back_by_the_parser():
                                          f"<metadata>{element}</metadata><memory".encode())
     [device] = domxml.parse(xml).devices
     assert (device.kind, str(device.address), device.network, device.vlan, device.replug) == \
-        ("detached", "0000:3b:01.1", "physnet1", 12, True)
+        ("metadata", "0000:3b:01.1", "physnet1", 12, True)
