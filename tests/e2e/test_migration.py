@@ -16,7 +16,7 @@ from tests.testbed.errors import CommandFailed
 from tests.testbed.guests import no_os_guest_xml
 from vfmigrate.events import Event
 
-from .vfhosts import simulated_vf_of, vf_testbed, wait_until
+from .vfhosts import installation, simulated_vf_of, vf_testbed, wait_until
 
 MODES = {
     "p2p": dict(p2p=True, options=()),
@@ -172,3 +172,14 @@ def test_status_and_reconcile_commands_on_a_live_host(hosts):
     assert "OK   hook: /etc/libvirt/hooks/qemu.d/vfmigrate is installed" in doctor
     assert "OK   libvirt: libvirt at qemu:///system is 9." in doctor
     assert "OK   network physnet1: 4 VFs on 1 PF(s)" in doctor
+
+
+def test_the_hook_on_the_hosts_is_the_one_under_test(hosts):
+    a, _ = hosts
+    installed = installation().name == "installed package"
+    shebang = (a.host.hooks_dir / "qemu.d" / "vfmigrate").read_text().splitlines()[0]
+    assert shebang == ("#!/usr/bin/python3 -I" if installed else f"#!{sys.executable} -I")
+    listener = a.listener.args
+    assert listener[-1] == ("/usr/libexec/vfmigrate/vfmigrate-listener" if installed
+                            else str(Path(__file__).resolve().parents[2]
+                                     / "listener/vfmigrate-listener"))
