@@ -40,6 +40,7 @@ class Card:
     vf_offset: int
     vf_stride: int
     total_vfs: int
+    pci_class: int = 0x020000   # Ethernet controller
 
 
 E810 = Card("Intel E810-C", 0x8086, 0x1593, 0x1889, "ice", "iavf", 0x8, 1, 256)
@@ -47,6 +48,9 @@ X710 = Card("Intel X710", 0x8086, 0x1572, 0x154C, "i40e", "iavf", 0x10, 1, 64)
 CONNECTX5 = Card("Mellanox ConnectX-5", 0x15B3, 0x1017, 0x1018, "mlx5_core", "mlx5_core",
                  0x2, 1, 127)
 IGB_82576 = Card("Intel 82576 (QEMU igb)", 0x8086, 0x10C9, 0x10CA, "igb", "igbvf", 0x80, 2, 7)
+# Not a NIC: an NVMe SSD with SR-IOV (virtual functions are NVMe controllers).
+NVME_PM1733 = Card("Samsung PM1733 NVMe", 0x144D, 0xA824, 0xA824, "nvme", "nvme", 0x1, 1, 32,
+                   pci_class=0x010802)
 
 
 class FakeSysfs:
@@ -66,22 +70,23 @@ class FakeSysfs:
         pf = PciAddress.parse(address)
         bridge = f"pci{pf.domain:04x}:{pf.bus - 1 & 0xFF:02x}"
         parent = self.root / "devices" / bridge / f"{pf.domain:04x}:{pf.bus - 1 & 0xFF:02x}:00.0"
-        pf_dir = self._device(parent, pf, card.vendor, card.pf_device, card.pf_driver, numa_node)
+        pf_dir = self._device(parent, pf, card, card.pf_device, card.pf_driver, numa_node)
         (pf_dir / "sriov_totalvfs").write_text(f"{card.total_vfs}\n")
         (pf_dir / "sriov_numvfs").write_text(f"{num_vfs}\n")
         (pf_dir / "sriov_offset").write_text(f"{card.vf_offset}\n")
         (pf_dir / "sriov_stride").write_text(f"{card.vf_stride}\n")
-        self._netdev(pf_dir, netdev)
+        if card.pci_class >> 16 == 0x02:
+            self._netdev(pf_dir, netdev)
         routing_id = (pf.bus << 8) | (pf.slot << 3) | pf.function
         vfs = []
         for index in range(num_vfs):
             rid = routing_id + card.vf_offset + index * card.vf_stride
             vf = PciAddress(pf.domain, rid >> 8, (rid >> 3) & 0x1F, rid & 7)
             driver = "vfio-pci" if index < vfio_vfs else card.vf_driver
-            vf_dir = self._device(parent, vf, card.vendor, card.vf_device, driver, numa_node)
+            vf_dir = self._device(parent, vf, card, card.vf_device, driver, numa_node)
             os.symlink(f"../{pf}", vf_dir / "physfn")
             os.symlink(f"../{vf}", pf_dir / f"virtfn{index}")
-            if driver != "vfio-pci":
+            if driver != "vfio-pci" and card.pci_class >> 16 == 0x02:
                 self._netdev(vf_dir, f"{netdev}v{index}")
             self._iommu_group(vf_dir, vf)
             vfs.append(vf)
@@ -101,11 +106,12 @@ class FakeSysfs:
 
     # -- pieces -------------------------------------------------------------
 
-    def _device(self, parent: Path, address: PciAddress, vendor: int, device: int,
+    def _device(self, parent: Path, address: PciAddress, card: Card, device: int,
                 driver: str, numa_node: int) -> Path:
         directory = parent / str(address)
         directory.mkdir(parents=True)
-        (directory / "vendor").write_text(f"0x{vendor:04x}\n")
+        (directory / "vendor").write_text(f"0x{card.vendor:04x}\n")
+        (directory / "class").write_text(f"0x{card.pci_class:06x}\n")
         (directory / "device").write_text(f"0x{device:04x}\n")
         (directory / "numa_node").write_text(f"{numa_node}\n")
         driver_dir = self.root / "bus/pci/drivers" / driver

@@ -9,6 +9,13 @@ Commands::
                                   (what the listener does at start)
     vfmigrate tag DOMAIN --network NAME [--device ALIAS|MAC]
                                   label a guest's VFs with their network
+    vfmigrate check DOMAIN DEST_URI [--json]
+                                  can the guest migrate there, and how?
+                                  (exit 0: virsh migrate, 10: vfmigrate migrate,
+                                  1: cannot)
+    vfmigrate migrate DOMAIN DEST_URI [--p2p] [--persistent] [--undefinesource] ...
+                                  unplug the guest's VFs, migrate it, plug VFs
+                                  of the destination in; roll back on failure
 
 Global options: ``--config PATH`` (else ``$VFMIGRATE_CONFIG``, else
 ``/etc/vfmigrate/vfmigrate.conf``).  Exit codes are those of
@@ -99,6 +106,43 @@ def build_parser(stdout: TextIO = sys.stdout) -> argparse.ArgumentParser:
     tag.add_argument("--device", metavar="ALIAS|MAC",
                      help="label only this device (default: every VF device)")
     tag.add_argument("--uri", help="libvirt URI (default: libvirt_uri of the config)")
+
+    check = commands.add_parser(
+        "check", out=stdout, help="can a guest migrate to a destination, and how?",
+        description="Ask the destination's libvirt (node devices, running guests, versions) "
+                    "whether the guest can migrate there: exit 0 if a plain 'virsh migrate "
+                    "--live' works, 10 if 'vfmigrate migrate' is needed, 1 if it cannot.")
+    check.add_argument("domain", metavar="DOMAIN")
+    check.add_argument("destination", metavar="DEST_URI")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--include-device", action="append", default=[], metavar="NAME",
+                       help="also move this non-network PCI device (alias, MAC or address)")
+    check.add_argument("--uri", help="the source's libvirt URI (default: libvirt_uri)")
+
+    migrate = commands.add_parser(
+        "migrate", out=stdout, help="migrate a guest whose VFs cannot ride along",
+        description="Unplug the guest's VFs (after recording them in its metadata), migrate "
+                    "it live, and have a VF of the same network plugged in on the "
+                    "destination; if anything fails before the guest has moved, its VFs are "
+                    "plugged back in here.")
+    migrate.add_argument("domain", metavar="DOMAIN")
+    migrate.add_argument("destination", metavar="DEST_URI")
+    migrate.add_argument("--p2p", action="store_true", help="peer-to-peer migration")
+    migrate.add_argument("--persistent", action="store_true",
+                         help="persist the guest on the destination")
+    migrate.add_argument("--undefinesource", action="store_true",
+                         help="undefine the guest on the source")
+    migrate.add_argument("--bandwidth", type=int, metavar="MiB/s", help="bandwidth limit")
+    migrate.add_argument("--timeout", type=float, metavar="S",
+                         help="pause the guest after S seconds so the migration completes")
+    migrate.add_argument("--unplug-timeout", type=float, default=30.0, metavar="S",
+                         help="how long the guest may take to let go of a VF (default 30)")
+    migrate.add_argument("--replug-timeout", type=float, default=30.0, metavar="S",
+                         help="how long to wait for the destination's listener to plug the "
+                              "VFs in before doing it from here (default 30)")
+    migrate.add_argument("--include-device", action="append", default=[], metavar="NAME",
+                         help="also move this non-network PCI device (alias, MAC or address)")
+    migrate.add_argument("--uri", help="the source's libvirt URI (default: libvirt_uri)")
     return parser
 
 
@@ -237,7 +281,75 @@ def _tag(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     return 0
 
 
-_COMMANDS = {"status": _status, "doctor": _doctor, "reconcile": _reconcile, "tag": _tag}
+def _optional_config(path: str) -> configuration.Config | None:
+    try:
+        return configuration.load(path)
+    except ConfigMissing:
+        return None
+
+
+def _check(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
+    from .check import run_check
+    from .virt import LibvirtHost
+
+    config = _optional_config(path)
+    source = LibvirtHost.open(args.uri or (config.libvirt_uri if config else "qemu:///system"))
+    try:
+        destination = LibvirtHost.open(args.destination)
+        try:
+            report = run_check(source, destination, args.domain,
+                               destination_uri=args.destination, config=config,
+                               include_devices=frozenset(args.include_device))
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    if args.json:
+        json.dump(report.as_dict(), stdout, indent=2)
+        stdout.write("\n")
+    else:
+        stdout.write("\n".join(report.lines()) + "\n")
+    return report.exit_code
+
+
+def _migrate(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
+    from . import logs
+    from .assisted import AssistedMigration, Options
+    from .listener import start_libvirt_event_loop
+    from .virt import LibvirtHost, import_libvirt
+
+    config = _optional_config(path)
+    logs.setup(stream=sys.stderr)
+    start_libvirt_event_loop(import_libvirt())   # unplugs are awaited through events
+    source = LibvirtHost.open(args.uri or (config.libvirt_uri if config else "qemu:///system"))
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        stdout.write(f"[{time.monotonic() - started:6.1f} s] {line}\n")
+        stdout.flush()
+
+    options = Options(p2p=args.p2p, persistent=args.persistent,
+                      undefine_source=args.undefinesource, bandwidth_mib=args.bandwidth,
+                      timeout=args.timeout, unplug_timeout=args.unplug_timeout,
+                      replug_timeout=args.replug_timeout,
+                      include_devices=frozenset(args.include_device))
+    try:
+        report = AssistedMigration(source, args.destination, args.domain, config=config,
+                                   options=options, open_destination=LibvirtHost.open,
+                                   progress=progress).run()
+    finally:
+        source.close()
+    if report.moved:
+        progress(f"done: {len(report.moved)} VF(s) moved, plugged in by {report.replugged_by}; "
+                 f"the guest was without them for {report.seconds_without_vf:.1f} s "
+                 f"(migration {report.seconds_migrating:.1f} s, all {report.seconds_total:.1f} s)")
+    else:
+        progress(f"done: no VF needed moving (migration {report.seconds_migrating:.1f} s)")
+    return 0
+
+
+_COMMANDS = {"status": _status, "doctor": _doctor, "reconcile": _reconcile, "tag": _tag,
+             "check": _check, "migrate": _migrate}
 
 
 def run() -> int:

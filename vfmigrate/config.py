@@ -11,6 +11,7 @@ An INI-style file with one ``[vfmigrate]`` section of host settings and one
     lock_timeout = 10                     # s to wait for the ledger lock
     libvirt_uri = qemu:///system          # the listener's and CLI's libvirt
     vf_reset = netlink                    # or "none": leave released VFs as they are
+    allow_stand_ins = no                  # testbeds only: virtio NICs standing in for VFs
 
     [network physnet1]                    # the label, the same on every host
     pfs = ens1f0, 0000:3b:00.1            # PFs by netdev name or PCI address
@@ -50,9 +51,10 @@ class NetworkConfig(namedtuple("NetworkConfig", "name pfs allow_vfs deny_vfs",
 
 
 class Config(namedtuple("Config", "path state_dir sysfs_root libvirt_run_dir "
-                        "reservation_timeout lock_timeout libvirt_uri vf_reset networks",
+                        "reservation_timeout lock_timeout libvirt_uri vf_reset "
+                        "allow_stand_ins networks",
                         defaults=("/var/lib/vfmigrate", "/sys", "/run/libvirt/qemu",
-                                  300.0, 10.0, "qemu:///system", "netlink",
+                                  300.0, 10.0, "qemu:///system", "netlink", False,
                                   types.MappingProxyType({})))):
     """The whole file; ``networks`` maps each label to its NetworkConfig."""
 
@@ -97,8 +99,9 @@ def parse(text: str, path: str | os.PathLike) -> Config:
     return parser.finish()
 
 
-_HOST_KEYS = {"state_dir", "sysfs_root", "libvirt_run_dir",
-              "reservation_timeout", "lock_timeout", "libvirt_uri", "vf_reset"}
+_HOST_KEYS = {"state_dir", "sysfs_root", "libvirt_run_dir", "reservation_timeout",
+              "lock_timeout", "libvirt_uri", "vf_reset", "allow_stand_ins"}
+_BOOLEANS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
 _VF_RESET_MODES = ("netlink", "none")
 _NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs"}
 
@@ -185,6 +188,11 @@ class _Parser:
             if value not in _VF_RESET_MODES:
                 raise self.fail(number, "vf_reset", f"must be one of {', '.join(_VF_RESET_MODES)}")
             settings["vf_reset"] = value
+        if "allow_stand_ins" in self.host:
+            number, value = self.host["allow_stand_ins"]
+            if value.lower() not in _BOOLEANS:
+                raise self.fail(number, "allow_stand_ins", "must be yes or no")
+            settings["allow_stand_ins"] = _BOOLEANS[value.lower()]
         networks = {}
         owner_of_pf: dict[str, str] = {}
         for name, section in self.networks.items():

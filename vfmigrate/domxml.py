@@ -19,7 +19,7 @@ vfmigrate's metadata labels devices (matched by ``alias``, else ``mac``)::
       <vfmigrate:vfs xmlns:vfmigrate="https://vfmigrate.dev/xmlns/domain/1">
         <vfmigrate:vf alias="ua-sriov0" network="physnet1" vlan="100"/>
         <vfmigrate:vf mac="52:54:00:6d:90:02" network="physnet2"
-                      address="0000:3b:02.1" replug="yes"/>
+                      address="0000:3b:02.1" replug="on-arrival" device="interface"/>
       </vfmigrate:vfs>
     </metadata>
 
@@ -52,7 +52,16 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _ALIAS = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _ATTRIBUTE = re.compile(rb"""(\s)([A-Za-z_:][-\w.:]*)(\s*=\s*)("[^"]*"|'[^']*')""")
+_BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _NS_VFS = METADATA_NAMESPACE + " vfs"
+
+# ``replug``: "on-arrival" (set on the source by ``vfmigrate migrate`` after
+# unplugging the VF), "pending" (set by the destination's hook when it claims
+# a VF for it: the destination's listener plugs it in).
+REPLUG_STATES = ("on-arrival", "pending")
+# ``device``: how to plug the VF back (``stand-in``: a virtio NIC standing in
+# for a VF in the namespaced testbed; only with ``allow_stand_ins = yes``).
+DEVICE_TYPES = ("interface", "hostdev", "stand-in")
 _NS_VF = METADATA_NAMESPACE + " vf"
 
 
@@ -66,7 +75,7 @@ class VFDevice:
     """A VF device of the guest (see the module docstring for the kinds)."""
 
     __slots__ = ("kind", "alias", "mac", "address", "teaming", "network", "vlan", "replug",
-                 "labelled", "address_tag", "metadata_tag", "metadata_address")
+                 "labelled", "address_tag", "metadata_tag", "metadata_address", "entry")
 
     def __init__(self, kind: str, *, labelled: bool = False,
                  metadata_tag: Span | None = None) -> None:
@@ -77,11 +86,12 @@ class VFDevice:
         self.teaming = False
         self.network: str | None = None
         self.vlan: int | None = None
-        self.replug = False
+        self.replug: str | None = None
         self.labelled = labelled
         self.address_tag: Span | None = None
         self.metadata_tag = metadata_tag
         self.metadata_address: PciAddress | None = None
+        self.entry: dict[str, str] = {}   # its metadata entry's attributes, if any
 
     @property
     def rides_along(self) -> bool:
@@ -104,13 +114,15 @@ class DomainXML:
 
     def __init__(self, data: bytes, uuid: str, name: str, devices: list[VFDevice],
                  pci_sources: list[PciAddress],
-                 metadata_entries: list[dict[str, str]] | None = None) -> None:
+                 metadata_entries: list[dict[str, str]] | None = None,
+                 metadata_spans: list[Span] | None = None) -> None:
         self.data = data
         self.uuid = uuid
         self.name = name
         self.devices = devices
         self.pci_sources = pci_sources
         self.metadata_entries = metadata_entries or []   # validated attributes, in order
+        self.metadata_spans = metadata_spans or []       # each entry's start tag, in order
 
     @property
     def held_addresses(self) -> set[PciAddress]:
@@ -131,7 +143,10 @@ class DomainXML:
                 edits.append((device.address_tag, address.xml_attributes()))
             if device.metadata_tag is not None and (device.kind == "metadata"
                                                     or device.metadata_address is not None):
-                edits.append((device.metadata_tag, {"address": str(address)}))
+                values = {"address": str(address)}
+                if device.replug == "on-arrival":
+                    values["replug"] = "pending"
+                edits.append((device.metadata_tag, values))
         out = bytearray(self.data)
         for span, values in sorted(edits, key=lambda edit: edit[0].start, reverse=True):
             out[span.start:span.end] = _set_attributes(self.data[span.start:span.end], values)
@@ -192,7 +207,8 @@ class _DomainParser:
             raise BadDomainXML(problem="<name> is missing")
         return DomainXML(data=self.data, uuid=canonical_uuid(uuid), name=name,
                          devices=self._match_metadata(), pci_sources=self.pci_sources,
-                         metadata_entries=self.entry_attributes)
+                         metadata_entries=self.entry_attributes,
+                         metadata_spans=[entry.metadata_tag for entry in self.entries])
 
     # -- expat callbacks ------------------------------------------------------
 
@@ -269,26 +285,18 @@ class _DomainParser:
     def _metadata_entry(self, attrs: dict[str, str]) -> None:
         entry = VFDevice(kind="metadata", labelled=True, metadata_tag=self._span())
         where = f"<vfmigrate:vf> entry {len(self.entries) + 1} in <metadata>"
-        alias, mac, network = attrs.get("alias"), attrs.get("mac"), attrs.get("network")
-        if alias is not None and not _ALIAS.fullmatch(alias):
-            raise BadDomainXML(problem=f"{where}: alias {alias[:40]!r} is not a libvirt alias")
-        if mac is not None and not _MAC.fullmatch(mac):
-            raise BadDomainXML(problem=f"{where}: mac {mac[:40]!r} is not a MAC address")
-        if network is not None and not NETWORK_LABEL.fullmatch(network):
-            raise BadDomainXML(problem=f"{where}: network {network[:40]!r} is not a valid label")
-        if "vlan" in attrs:
-            vlan = attrs["vlan"]
-            if not (vlan.isdigit() and 0 <= int(vlan) <= 4095):
-                raise BadDomainXML(problem=f"{where}: vlan {vlan[:40]!r} is not 0-4095")
-            entry.vlan = int(vlan)
+        for name, value in attrs.items():
+            check = _ENTRY_CHECKS.get(name)
+            if check is not None and not check[0](value):
+                raise BadDomainXML(problem=f"{where}: {name} {value[:40]!r} {check[1]}")
         if "address" in attrs:
-            try:
-                entry.metadata_address = PciAddress.parse(attrs["address"])
-            except ValueError as error:
-                raise BadDomainXML(problem=f"{where}: {error}") from None
-        entry.alias, entry.mac, entry.network = alias, mac.lower() if mac else None, network
+            entry.metadata_address = PciAddress.parse(attrs["address"])
+        entry.alias, entry.network = attrs.get("alias"), attrs.get("network")
+        entry.mac = attrs["mac"].lower() if "mac" in attrs else None
+        entry.vlan = int(attrs["vlan"]) if "vlan" in attrs else None
         entry.address = entry.metadata_address
-        entry.replug = attrs.get("replug") == "yes"
+        entry.replug = attrs.get("replug")
+        entry.entry = dict(attrs)
         self.entries.append(entry)
         self.entry_attributes.append(dict(attrs))
 
@@ -307,9 +315,32 @@ class _DomainParser:
             target.network = entry.network
             target.vlan = entry.vlan if entry.vlan is not None else target.vlan
             target.replug = entry.replug
+            target.entry = entry.entry
             target.metadata_tag = entry.metadata_tag
             target.metadata_address = entry.metadata_address
         return devices
+
+
+def _is_pci(text: str) -> bool:
+    try:
+        PciAddress.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+# Checks of untrusted metadata attributes: (predicate, what is wrong otherwise).
+_ENTRY_CHECKS = {
+    "alias": (_ALIAS.fullmatch, "is not a libvirt alias"),
+    "mac": (_MAC.fullmatch, "is not a MAC address"),
+    "network": (NETWORK_LABEL.fullmatch, "is not a valid label"),
+    "vlan": (lambda v: v.isdigit() and 0 <= int(v) <= 4095, "is not 0-4095"),
+    "address": (_is_pci, "is not a PCI address (DDDD:BB:SS.F)"),
+    "guest-address": (_is_pci, "is not a PCI address (DDDD:BB:SS.F)"),
+    "replug": (lambda v: v in REPLUG_STATES, f"is not one of {', '.join(REPLUG_STATES)}"),
+    "device": (lambda v: v in DEVICE_TYPES, f"is not one of {', '.join(DEVICE_TYPES)}"),
+    "bridge": (_BRIDGE.fullmatch, "is not a bridge name"),
+}
 
 
 def _pci_from_attributes(attrs: dict[str, str], device: VFDevice) -> PciAddress:

@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from . import METADATA_NAMESPACE, domxml, metadata
+from . import METADATA_NAMESPACE, domxml, metadata, replug
 from .config import Config
 from .errors import LibvirtFailure, VfmigrateError
 from .events import Event
@@ -359,6 +359,7 @@ class Listener:
             self.reconcile_guest(uuid, "stopped")
         elif kind == libvirt.VIR_DOMAIN_EVENT_STARTED \
                 and detail != libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED:
+            self.plug_pending_vfs(uuid)
             self.label_guest(uuid)
             self.reconcile_guest(uuid, "started")
         elif kind == libvirt.VIR_DOMAIN_EVENT_RESUMED \
@@ -416,6 +417,8 @@ class Listener:
         for guest in guests:
             if guest.persistent:
                 self.fix_persistent_definition(guest.uuid)
+            if b'replug="pending"' in guest.xml or b"replug='pending'" in guest.xml:
+                self.plug_pending_vfs(guest.uuid)
         with self.ledger.transaction():
             self.ledger.prune(self.clock() - PRUNE_AFTER)
         self.reconciled = True
@@ -463,8 +466,20 @@ class Listener:
             event(log, change.event, "guest %s arrived: VF %s active", name, change.claim.vf,
                   domain=name, vf=change.claim.vf, network=change.claim.network)
         self.fix_persistent_definition(uuid)
+        self.plug_pending_vfs(uuid)
         self.label_guest(uuid)
         self.reconcile_guest(uuid, "arrived")
+
+    def plug_pending_vfs(self, uuid: str) -> None:
+        """Plug in the VFs a guest arrived without (``vfmigrate migrate``)."""
+        for plugged in replug.plug_pending(self.host, uuid,
+                                           allow_stand_ins=self.config.allow_stand_ins):
+            guest = self.host.guest(uuid)
+            name = guest.name if guest else uuid
+            event(log, Event.ATTACHED, "guest %s: %s VF %s (mac %s): %s", name,
+                  plugged.device or "interface", plugged.address, plugged.mac, plugged.detail,
+                  level=logging.INFO if plugged.ok else logging.ERROR, domain=name,
+                  vf=plugged.address)
 
     def fix_persistent_definition(self, uuid: str) -> bool:
         """Make the saved definition name the VFs the running guest holds here.

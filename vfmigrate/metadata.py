@@ -23,7 +23,8 @@ from .domxml import DomainXML
 from .pci import PciAddress
 
 PREFIX = "vfmigrate"
-ENTRY_ATTRIBUTES = ("alias", "mac", "network", "vlan", "address", "guest-address", "replug")
+ENTRY_ATTRIBUTES = ("alias", "mac", "network", "vlan", "address", "device", "guest-address",
+                    "bridge", "replug")
 
 
 def render(entries: list[dict[str, str]]) -> str:

@@ -157,3 +157,89 @@ class LibvirtHost:
             self.connection.defineXML(xml.decode())
         except self.libvirt.libvirtError as error:
             raise failure("defineXML", error) from None
+
+    def _flags(self, live: bool, config: bool) -> int:
+        return ((self.libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+                | (self.libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
+
+    def _required(self, uuid: str):
+        domain = self._lookup(uuid)
+        if domain is None:
+            raise LibvirtFailure(operation=f"look up domain {uuid}", problem="no such domain",
+                                 code=self.libvirt.VIR_ERR_NO_DOMAIN)
+        return domain
+
+    def attach_device(self, uuid: str, xml: str, *, live: bool, config: bool) -> None:
+        try:
+            self._required(uuid).attachDeviceFlags(xml, self._flags(live, config))
+        except self.libvirt.libvirtError as error:
+            raise failure("attach device", error) from None
+
+    def detach_device_alias(self, uuid: str, alias: str, *, live: bool, config: bool) -> None:
+        """Ask the guest to unplug a device; DEVICE_REMOVED says when it did."""
+        try:
+            self._required(uuid).detachDeviceAlias(alias, self._flags(live, config))
+        except self.libvirt.libvirtError as error:
+            raise failure(f"detach device {alias}", error) from None
+
+    def versions(self) -> tuple[int, int]:
+        """(libvirt daemon version, hypervisor version), as numbers like 9000000."""
+        try:
+            return self.connection.getLibVersion(), self.connection.getVersion()
+        except self.libvirt.libvirtError as error:
+            raise failure("read versions", error) from None
+
+    def node_device_xmls(self, capability: int) -> list[str]:
+        try:
+            devices = self.connection.listAllDevices(capability)
+            return [device.XMLDesc(0) for device in devices]
+        except self.libvirt.libvirtError as error:
+            raise failure("list node devices", error) from None
+
+    def hostdev_networks(self) -> dict[str, list[str]]:
+        """libvirt networks with ``<forward mode='hostdev'>``: name -> PF netdevs."""
+        import xml.etree.ElementTree as ElementTree
+        result: dict[str, list[str]] = {}
+        try:
+            networks = self.connection.listAllNetworks()
+            for network in networks:
+                root = ElementTree.fromstring(network.XMLDesc(0))
+                forward = root.find("forward")
+                if forward is not None and forward.get("mode") == "hostdev":
+                    result[network.name()] = [pf.get("dev") for pf in forward.findall("pf")]
+        except self.libvirt.libvirtError as error:
+            raise failure("list networks", error) from None
+        return result
+
+    def migrate(self, uuid: str, destination_uri: str, *, p2p: bool, persistent: bool,
+                undefine_source: bool, bandwidth_mib: int | None,
+                destination: "LibvirtHost | None" = None) -> None:
+        """A live migration (libvirt's migrateToURI3 for p2p, migrate3 otherwise)."""
+        libvirt = self.libvirt
+        flags = libvirt.VIR_MIGRATE_LIVE
+        if p2p:
+            flags |= libvirt.VIR_MIGRATE_PEER2PEER
+        if persistent:
+            flags |= libvirt.VIR_MIGRATE_PERSIST_DEST
+        if undefine_source:
+            flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+        params = {}
+        if bandwidth_mib:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(bandwidth_mib)
+        domain = self._required(uuid)
+        try:
+            if p2p:
+                domain.migrateToURI3(destination_uri, params, flags)
+            else:
+                if destination is None:
+                    raise ValueError("a direct migration needs the destination's connection")
+                domain.migrate3(destination.connection, params, flags)
+        except libvirt.libvirtError as error:
+            raise failure(f"migrate to {destination_uri}", error) from None
+
+    def suspend(self, uuid: str) -> None:
+        """Pause the guest (virsh migrate --timeout does this so a migration converges)."""
+        try:
+            self._required(uuid).suspend()
+        except self.libvirt.libvirtError as error:
+            raise failure("suspend", error) from None

@@ -58,4 +58,4 @@ def test_golden_outputs_differ_from_inputs_only_in_host_addresses():
 
 
 def _without_addresses(line: str) -> str:
-    return re.sub(r"""\s(address|domain|bus|slot|function)=(['"])[^'"]*\2""", "", line)
+    return re.sub(r"""\s(address|domain|bus|slot|function|replug)=(['"])[^'"]*\2""", "", line)

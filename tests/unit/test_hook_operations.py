@@ -240,15 +240,15 @@ def test_detached_metadata_vfs_are_claimed_and_their_address_rewritten(host):
     from vfmigrate import METADATA_NAMESPACE
     xml = plain_guest("batch").replace(b"<memory", (
         f"<metadata><v:vfs xmlns:v='{METADATA_NAMESPACE}'>"
-        f"<v:vf mac='52:54:00:00:00:aa' network='physnet2' address='{SOURCE_VF}' replug='yes'/>"
+        f"<v:vf mac='52:54:00:00:00:aa' network='physnet2' address='{SOURCE_VF}' replug='on-arrival'/>"
         f"<v:vf mac='52:54:00:00:00:bb' network='physnet1'/>"
         f"</v:vfs></metadata><memory").encode())
     result = host.hook("migrate", xml)
     assert result.code == 0, result.stderr
     devices = domxml.parse(result.stdout).devices
     assert [(d.kind, str(d.address), d.replug) for d in devices] == [
-        ("metadata", str(host.physnet2_vfs[0]), True),
-        ("metadata", str(host.physnet1_vfs[0]), False)]
+        ("metadata", str(host.physnet2_vfs[0]), "pending"),   # the listener plugs it in
+        ("metadata", str(host.physnet1_vfs[0]), None)]
     assert sorted(c.network for c in host.live_claims()) == ["physnet1", "physnet2"]
 
 

@@ -1,0 +1,986 @@
+"""vfmigrate's emulated SR-IOV lab: L1 host VMs with an igb SR-IOV PF, real VFs, real vfio.
+
+Contract
+========
+The host (L0) has no SR-IOV, so the lab makes some.  An *outer* QEMU 10 (from
+bookworm-backports, extracted privately: the system's QEMU 7.2 is left alone) runs one or two
+*L1 hosts*: Debian 12 VMs (q35, emulated ``intel-iommu,caching-mode=on``, ``intel_iommu=on``)
+with an ``igb`` PF on a pcie-root-port.  At boot each L1 creates ``numvfs`` VFs
+(``sriov_drivers_autoprobe=0``), enslaves the PF to a bridge ``br0`` and brings it up.  Inside
+L1, libvirt 9.0 + QEMU 7.2 (systemd as PID 1) run *L2 guests* (TCG in TCG) that get a VF.
+
+Artifacts, all cached under ``$VFMIGRATE_LAB_CACHE`` (default ``/var/cache/vfmigrate-lab``),
+each in a directory named after a hash of its inputs (package names + candidate versions +
+the source of the function that builds it + the files it copies), rebuilt when those change:
+
+* :func:`outer_qemu` -> :class:`OuterQemu`  (``qemu-<key>/``, ~15 s cold)
+* :func:`l1_image`   -> :class:`L1Image`    (``l1-<key>/``: raw ext4 root, kernel, initrd,
+  ssh client key, known_hosts, manifest, L2 kernel + modules; a few minutes cold)
+* :func:`l2_assets`  -> :class:`L2Assets`   (``l2-<key>/``: L2 kernel + busybox initramfs;
+  seconds)
+
+Nothing the L1 does at run time is baked into the image: three read-only 9p shares are
+mounted by the image's fstab, so the image is not rebuilt for them:
+
+* ``lab``     -> ``/mnt/lab``     this directory's ``l1/`` (``lab-init``, run by
+  ``vfmigrate-lab-init.service`` before libvirtd and ssh);
+* ``l2``      -> ``/mnt/l2``      the cached :class:`L2Assets`;
+* ``payload`` -> ``/mnt/payload`` a per-host directory: every ``*.deb`` in it is installed with
+  ``apt-get install ./x.deb …`` at boot, before libvirtd starts (maintainer scripts cannot
+  start services during that step; units the packages enable are started right after it).
+  The result is in ``/run/vfmigrate-lab/status.json`` (see :meth:`L1Host.status`).
+
+Network of a two-host lab (all emulated, nothing leaves the machine):
+
+* control: QEMU user-net (``restrict=on``) with ``hostfwd`` 127.0.0.1:<port> -> L1:22; the
+  lab talks ssh with a key made at image build time (:meth:`L1Host.run`, :meth:`L1Host.put`).
+* ``mig``: virtio-net pair (QEMU ``dgram`` netdevs on 127.0.0.1), 192.0.2.<i>/24, host names
+  ``lab-a``/``lab-b`` in /etc/hosts, libvirtd on TCP 16509 with ``auth_tcp = "none"``.
+* "physical" segment: the two igb PFs joined by a ``dgram`` pair; ``br0`` (PF enslaved) has
+  198.51.100.<i>/24.  L2 guests use 198.51.100.10+.
+
+Errors raise :class:`LabError` subclasses carrying fields.  Commands are argv lists, never
+shell strings (commands sent over ssh are quoted with :func:`shlex.join`).  Each process the
+lab starts is stopped by its PID.  Every phase is timed in :data:`TIMINGS`.
+
+CLI: ``python3 tests/lab/lab.py build|boot|shell`` (see ``--help``).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gzip
+import hashlib
+import inspect
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+log = logging.getLogger("vfmigrate.lab")
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("VFMIGRATE_LAB_CACHE", "/var/cache/vfmigrate-lab"))
+HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+BACKPORTS_SOURCES = Path("/etc/apt/sources.list.d/bookworm-backports.sources")
+
+#: name -> seconds of every phase run in this process (build, boot, …)
+TIMINGS: dict[str, float] = {}
+
+
+# --------------------------------------------------------------------------- errors
+class LabError(Exception):
+    """Base of every lab error."""
+
+
+class CommandFailed(LabError):
+    def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str,
+                 where: str = "L0"):
+        self.argv, self.returncode, self.stdout, self.stderr, self.where = (
+            list(argv), returncode, stdout, stderr, where)
+        super().__init__(f"[{where}] {shlex.join(self.argv)} exited {returncode}: "
+                         f"{(stderr or stdout)[-2000:]}")
+
+
+class CommandTimeout(LabError):
+    def __init__(self, argv: Sequence[str], timeout: float, where: str = "L0"):
+        self.argv, self.timeout, self.where = list(argv), timeout, where
+        super().__init__(f"[{where}] {shlex.join(self.argv)} timed out after {timeout:.0f} s")
+
+
+class BootTimeout(LabError):
+    def __init__(self, host: str, waited: float, console_tail: str):
+        self.host, self.waited, self.console_tail = host, waited, console_tail
+        super().__init__(f"L1 {host} not ready after {waited:.0f} s; console tail:\n"
+                         f"{console_tail}")
+
+
+# --------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time a phase into :data:`TIMINGS` and the log."""
+    log.info("phase %s ...", name)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        TIMINGS[name] = round(time.monotonic() - start, 1)
+        log.info("phase %s: %.1f s", name, TIMINGS[name])
+
+
+def run(argv: Sequence[str | os.PathLike], *, timeout: float = 600, check: bool = True,
+        env: Mapping[str, str] | None = None, input: str | bytes | None = None,
+        cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """Run argv in L0, capture text output, raise CommandFailed/CommandTimeout."""
+    argv = [os.fspath(a) for a in argv]
+    text = not isinstance(input, bytes)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=text, input=input,
+                              timeout=timeout, env=None if env is None else dict(env), cwd=cwd)
+    except subprocess.TimeoutExpired:
+        raise CommandTimeout(argv, timeout) from None
+    if check and proc.returncode != 0:
+        out = proc.stdout if text else proc.stdout.decode(errors="replace")
+        err = proc.stderr if text else proc.stderr.decode(errors="replace")
+        raise CommandFailed(argv, proc.returncode, out, err)
+    return proc
+
+
+def _hash(*parts: object) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _building(final: Path) -> Iterator[Path]:
+    """Build into a temp dir next to ``final`` and rename it into place on success."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        (tmp / ".complete").write_text(time.strftime("%F %T\n"))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _prune(prefix: str, keep: Path, keep_newest: int = 2) -> None:
+    """Remove older cached builds of the same kind (``prefix-*``): all but ``keep`` and the
+    newest others (a lab booted from one of those may still be running)."""
+    olds = sorted((p for p in CACHE.glob(f"{prefix}-*") if p.is_dir() and p != keep),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in olds[keep_newest - 1:]:
+        log.info("removing stale cache %s", old)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- apt (L0)
+def ensure_backports_source() -> None:
+    """Add bookworm-backports as a copy of the machine's own deb822 source (first stanza)."""
+    if BACKPORTS_SOURCES.exists():
+        return
+    stanza = HOST_SOURCES.read_text().split("\n\n")[0]
+    lines = ["Suites: bookworm-backports" if line.startswith("Suites:") else line
+             for line in stanza.splitlines()]
+    BACKPORTS_SOURCES.write_text("\n".join(lines) + "\n")
+    run(["apt-get", "update", "-q"], timeout=600)
+
+
+def apt_ready() -> None:
+    """Make sure apt lists exist and include backports (run ``apt-get update`` if not)."""
+    ensure_backports_source()
+    lists = Path("/var/lib/apt/lists")
+    if not any(lists.glob("*bookworm-backports*Packages*")):
+        run(["apt-get", "update", "-q"], timeout=600)
+
+
+def apt_install_l0(packages: Iterable[str]) -> None:
+    """Install ordinary bookworm packages on L0 (tools, libraries), only those missing."""
+    missing = [p for p in packages
+               if run(["dpkg-query", "-W", "-f=${Status}", p], check=False).stdout
+               != "install ok installed"]
+    if missing:
+        with phase("l0-apt-install"):
+            run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+                timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def candidate_versions(packages: Iterable[str], release: str | None = None) -> dict[str, str]:
+    """package -> the version apt would pick, or its newest version in ``release``."""
+    packages = list(packages)
+    out = run(["apt-cache", "policy", *packages]).stdout
+    blocks = re.split(r"^(?=\S+:$)", out, flags=re.M)
+    result: dict[str, str] = {}
+    for block in blocks:
+        m = re.match(r"(\S+):\n", block)
+        if not m or m.group(1) not in packages:
+            continue
+        name = m.group(1)
+        if release is None:
+            c = re.search(r"^\s+Candidate: (\S+)", block, re.M)
+            if c and c.group(1) != "(none)":
+                result[name] = c.group(1)
+            continue
+        table = block.split("Version table:", 1)[-1]
+        for v in re.finditer(r"^\s+(?:\*\*\* )?(\S+) -?\d+\n((?:\s+-?\d+ .*\n?)+)", table, re.M):
+            if re.search(rf" {re.escape(release)}/", v.group(2)):
+                result[name] = v.group(1)
+                break
+    missing = [p for p in packages if p not in result]
+    if missing:
+        raise LabError(f"apt has no candidate for {missing}" + (f" in {release}" if release else ""))
+    return result
+
+
+def _deb_depends(deb: Path) -> list[str]:
+    dep = run(["dpkg-deb", "-f", deb, "Depends"]).stdout.strip()
+    names = []
+    for alt in filter(None, (d.strip() for d in dep.split(","))):
+        names.append(alt.split("|")[0].split()[0].split(":")[0])
+    return names
+
+
+# --------------------------------------------------------------------------- outer QEMU
+OUTER_QEMU_PACKAGES = ("qemu-system-x86", "qemu-system-common", "qemu-system-data",
+                       "qemu-utils", "seabios")
+OUTER_QEMU_RELEASE = "bookworm-backports"
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterQemu:
+    """A privately extracted QEMU 10 (never installed in /usr)."""
+    root: Path
+
+    @property
+    def system(self) -> Path:
+        return self.root / "usr/bin/qemu-system-x86_64"
+
+    @property
+    def img(self) -> Path:
+        return self.root / "usr/bin/qemu-img"
+
+    def firmware_args(self) -> list[str]:
+        return ["-L", str(self.root / "usr/share/qemu"),
+                "-L", str(self.root / "usr/share/seabios")]
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ,
+                "QEMU_MODULE_DIR": str(self.root / "usr/lib/x86_64-linux-gnu/qemu")}
+
+    def version(self) -> str:
+        return run([self.system, "--version"], env=self.env()).stdout.splitlines()[0]
+
+
+def outer_qemu() -> OuterQemu:
+    """Download (``apt-get download``) and ``dpkg-deb -x`` QEMU 10 from bookworm-backports.
+
+    Libraries it needs that are not installed are installed from bookworm (plain libraries,
+    they do not conflict with the system's QEMU 7.2)."""
+    apt_ready()
+    versions = candidate_versions(OUTER_QEMU_PACKAGES, OUTER_QEMU_RELEASE)
+    key = _hash(versions, inspect.getsource(outer_qemu), inspect.getsource(OuterQemu))
+    final = CACHE / f"qemu-{key}"
+    if not (final / ".complete").exists():
+        with phase("outer-qemu-build"), _building(final) as tmp:
+            debs = tmp / "debs"
+            debs.mkdir()
+            os.chmod(tmp, 0o755)
+            os.chmod(debs, 0o777)  # apt's _apt sandbox user downloads into it
+            run(["apt-get", "download", "-q",
+                 *(f"{p}={v}" for p, v in versions.items())], cwd=debs, timeout=600)
+            deps: set[str] = set()
+            for deb in sorted(debs.glob("*.deb")):
+                run(["dpkg-deb", "-x", deb, tmp])
+                deps.update(_deb_depends(deb))
+            apt_install_l0(sorted(d for d in deps if not d.startswith(("qemu-", "seabios"))
+                                  and d != "ipxe-qemu"))
+            shutil.rmtree(debs)
+            (tmp / "versions.json").write_text(json.dumps(versions, indent=1))
+            q = OuterQemu(tmp)
+            missing = [line for line in run(["ldd", q.system]).stdout.splitlines()
+                       if "not found" in line]
+            if missing:
+                raise LabError(f"outer QEMU lacks libraries: {missing}")
+            q.version()
+        _prune("qemu", final)
+    return OuterQemu(final)
+
+
+# --------------------------------------------------------------------------- L1 image
+L1_PACKAGES = (
+    "linux-image-amd64", "systemd", "systemd-sysv", "udev", "kmod", "dbus",
+    "libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients",
+    "qemu-system-x86", "python3", "python3-libvirt", "python3-pyudev", "python3-systemd",
+    "python3-pyroute2", "iproute2", "iputils-ping", "openssh-server", "pciutils", "ethtool",
+    "procps", "busybox-static", "tcpdump", "less",
+)
+L1_IMAGE_SIZE = "4G"
+# Units that only slow a TCG boot down.
+L1_MASKED_UNITS = (
+    "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer",
+    "systemd-timesyncd.service", "man-db.timer", "dpkg-db-backup.timer",
+    "libvirt-guests.service", "virtlockd.socket", "systemd-networkd-wait-online.service",
+    "getty@tty1.service", "systemd-pstore.service", "logrotate.timer",
+)
+
+_FSTAB = """\
+/dev/vda / ext4 rw,noatime,errors=remount-ro 0 0
+lab /mnt/lab 9p trans=virtio,version=9p2000.L,ro,nofail,msize=262144 0 0
+l2 /mnt/l2 9p trans=virtio,version=9p2000.L,ro,nofail,msize=262144 0 0
+payload /mnt/payload 9p trans=virtio,version=9p2000.L,ro,nofail,msize=262144 0 0
+"""
+_INIT_UNIT = """\
+[Unit]
+Description=vfmigrate lab: network, VFs, payload .debs (script on the 9p share)
+Documentation=file:///mnt/lab/lab-init
+RequiresMountsFor=/mnt/lab /mnt/l2 /mnt/payload
+After=systemd-modules-load.service systemd-udev-settle.service
+Before=libvirtd.service ssh.service network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/python3 /mnt/lab/lab-init
+StandardOutput=journal+console
+TimeoutStartSec=600
+
+[Install]
+WantedBy=multi-user.target
+"""
+_QEMU_CONF = """\
+# vfmigrate lab: TCG in TCG, root, no confinement (see shared/FACTS.md)
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+"""
+_LIBVIRTD_CONF = """\
+listen_tcp = 1
+auth_tcp = "none"
+"""
+_SSHD_CONF = """\
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+UseDNS no
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class L1Image:
+    dir: Path
+
+    disk = property(lambda self: self.dir / "root.raw")
+    kernel = property(lambda self: self.dir / "vmlinuz")
+    initrd = property(lambda self: self.dir / "initrd.img")
+    ssh_key = property(lambda self: self.dir / "id_ed25519")
+    known_hosts = property(lambda self: self.dir / "known_hosts")
+    modules = property(lambda self: self.dir / "modules")   # /lib/modules/<ver> of L1 = L2
+    busybox = property(lambda self: self.dir / "busybox")
+
+    @property
+    def kernel_version(self) -> str:
+        return (self.dir / "kernel-version").read_text().strip()
+
+
+def l1_image(qemu: OuterQemu | None = None) -> L1Image:
+    """Build (or reuse) the L1 root image with mmdebstrap from the machine's apt source."""
+    apt_ready()
+    versions = candidate_versions(L1_PACKAGES)
+    key = _hash(versions, inspect.getsource(l1_image), _FSTAB, _INIT_UNIT, _QEMU_CONF,
+                _LIBVIRTD_CONF, _SSHD_CONF, L1_MASKED_UNITS, L1_IMAGE_SIZE)
+    final = CACHE / f"l1-{key}"
+    if (final / ".complete").exists():
+        return L1Image(final)
+    apt_install_l0(["mmdebstrap", "e2fsprogs", "openssh-client"])
+    with _building(final) as tmp:
+        os.chmod(tmp, 0o755)
+        root = tmp / "rootfs"
+        with phase("l1-mmdebstrap"):
+            run(["mmdebstrap", "--mode=root", "--variant=apt", "--format=directory",
+                 "--aptopt=APT::Install-Recommends \"false\"",
+                 "--dpkgopt=path-exclude=/usr/share/doc/*",
+                 "--dpkgopt=path-exclude=/usr/share/man/*",
+                 "--dpkgopt=path-exclude=/usr/share/locale/*",
+                 f"--include={','.join(L1_PACKAGES)}",
+                 "bookworm", root, HOST_SOURCES], timeout=1800)
+        with phase("l1-customize"):
+            _customize_l1(root, tmp)
+        with phase("l1-mkfs"):
+            run(["mkfs.ext4", "-q", "-L", "l1root", "-E", "root_owner=0:0", "-d", root,
+                 tmp / "root.raw", L1_IMAGE_SIZE], timeout=900)
+        shutil.rmtree(root)
+    _prune("l1", final)
+    return L1Image(final)
+
+
+def _customize_l1(root: Path, out: Path) -> None:
+    kver = sorted(p.name for p in (root / "lib/modules").iterdir())[-1]
+    (out / "kernel-version").write_text(kver + "\n")
+    shutil.copy2(root / f"boot/vmlinuz-{kver}", out / "vmlinuz")
+    shutil.copy2(root / f"boot/initrd.img-{kver}", out / "initrd.img")
+    shutil.copy2(root / f"boot/config-{kver}", out / "kernel-config")
+    shutil.copytree(root / f"lib/modules/{kver}", out / "modules", symlinks=True)
+    shutil.copy2(root / "bin/busybox", out / "busybox")
+    (out / "manifest.txt").write_text(run(
+        ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
+         "-f=${Package} ${Version}\n"]).stdout)
+
+    def write(rel: str, text: str, mode: int = 0o644) -> None:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        p.chmod(mode)
+
+    write("etc/fstab", _FSTAB)
+    write("etc/hostname", "lab\n")
+    write("etc/hosts", "127.0.0.1 localhost\n")
+    for d in ("mnt/lab", "mnt/l2", "mnt/payload"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    write("etc/modules-load.d/vfmigrate-lab.conf", "9p\n9pnet_virtio\nvfio-pci\nbridge\n")
+    write("etc/systemd/system/vfmigrate-lab-init.service", _INIT_UNIT)
+    write("etc/libvirt/qemu.conf.d/lab.conf", _QEMU_CONF)  # not read by 9.0: see below
+    with (root / "etc/libvirt/qemu.conf").open("a") as f:
+        f.write("\n" + _QEMU_CONF)
+    with (root / "etc/libvirt/libvirtd.conf").open("a") as f:
+        f.write("\n" + _LIBVIRTD_CONF)
+    write("etc/default/libvirtd", "LIBVIRTD_ARGS=\"\"\n")
+    write("etc/ssh/sshd_config.d/vfmigrate-lab.conf", _SSHD_CONF)
+    # no default NAT network (no dnsmasq, no 192.168.122.0/24)
+    for p in (root / "etc/libvirt/qemu/networks/autostart").glob("*.xml"):
+        p.unlink()
+    # root login with a key made now; pinned host key
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vfmigrate-lab",
+         "-f", out / "id_ed25519"])
+    write("root/.ssh/authorized_keys", (out / "id_ed25519.pub").read_text(), 0o600)
+    (root / "root/.ssh").chmod(0o700)
+    hostkey = (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+    (out / "known_hosts").write_text(f"vfmigrate-lab-l1 {hostkey[0]} {hostkey[1]}\n")
+    run(["chroot", root, "passwd", "-d", "root"])  # console login for debugging
+    run(["systemctl", f"--root={root}", "enable", "vfmigrate-lab-init.service",
+         "libvirtd.service", "libvirtd-tcp.socket", "ssh.service"])
+    run(["systemctl", f"--root={root}", "mask", *L1_MASKED_UNITS])
+    run(["systemctl", f"--root={root}", "set-default", "multi-user.target"])
+    # the L2 guest's modules come from the same kernel (see l2_assets)
+    (root / "etc/machine-id").write_text("")
+
+
+# --------------------------------------------------------------------------- L2 assets
+#: modules the L2 initramfs loads, in order (dependencies first)
+L2_MODULES = ("virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
+              "virtio_pci", "failover", "net_failover", "virtio_net", "igbvf", "virtio_console")
+
+
+@dataclasses.dataclass(frozen=True)
+class L2Assets:
+    dir: Path
+    kernel = property(lambda self: self.dir / "vmlinuz")
+    initrd = property(lambda self: self.dir / "initrd.gz")
+
+
+def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """A newc cpio archive of (name, mode, data) entries; directories have empty data."""
+    out = bytearray()
+    for ino, (name, mode, data) in enumerate(entries + [("TRAILER!!!", 0, b"")], 1):
+        nb = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08x}" for v in (
+            ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nb), 0))
+        out += hdr.encode() + nb
+        out += b"\0" * (-len(out) % 4)
+        out += data
+        out += b"\0" * (-len(out) % 4)
+    return bytes(out)
+
+
+def _module_order(modules_dir: Path, wanted: Sequence[str]) -> list[str]:
+    """Relative .ko paths for wanted modules and their dependencies, dependencies first."""
+    deps: dict[str, list[str]] = {}
+    for line in (modules_dir / "modules.dep").read_text().splitlines():
+        path, _, rest = line.partition(":")
+        deps[path] = rest.split()
+    by_name = {Path(p).name.split(".ko")[0].replace("-", "_"): p for p in deps}
+    order: list[str] = []
+
+    def visit(path: str) -> None:
+        for d in deps.get(path, []):
+            visit(d)
+        if path not in order:
+            order.append(path)
+
+    for name in wanted:
+        if name in by_name:
+            visit(by_name[name])
+    return order
+
+
+def l2_assets(image: L1Image) -> L2Assets:
+    """Build (or reuse) the L2 kernel + busybox initramfs from the L1 image's kernel."""
+    init = (HERE / "l2" / "init").read_bytes()
+    key = _hash(image.dir.name, init, L2_MODULES, inspect.getsource(l2_assets),
+                inspect.getsource(_cpio_newc))
+    final = CACHE / f"l2-{key}"
+    if (final / ".complete").exists():
+        return L2Assets(final)
+    with phase("l2-build"), _building(final) as tmp:
+        os.chmod(tmp, 0o755)
+        order = _module_order(image.modules, L2_MODULES)
+        entries: list[tuple[str, int, bytes]] = []
+        for d in ("bin", "dev", "proc", "sys", "tmp", "run", "lib", "lib/modules", "sbin"):
+            entries.append((d, 0o040755, b""))
+        entries.append(("init", 0o100755, init))
+        entries.append(("bin/busybox", 0o100755, image.busybox.read_bytes()))
+        names = []
+        for rel in order:
+            name = Path(rel).name
+            names.append(name)
+            entries.append((f"lib/modules/{name}", 0o100644, (image.modules / rel).read_bytes()))
+        entries.append(("lib/modules/order", 0o100644, ("\n".join(names) + "\n").encode()))
+        (tmp / "initrd.gz").write_bytes(gzip.compress(_cpio_newc(entries), 6))
+        shutil.copy2(image.kernel, tmp / "vmlinuz")
+    _prune("l2", final)
+    return L2Assets(final)
+
+
+# --------------------------------------------------------------------------- payload
+def build_deb(outdir: Path, name: str, version: str, files: Mapping[str, str | bytes],
+              *, postinst: str | None = None, depends: str = "",
+              description: str = "vfmigrate lab test package") -> Path:
+    """Build a tiny binary .deb with ``dpkg-deb --build`` (files: absolute path -> content)."""
+    with tempfile.TemporaryDirectory() as t:
+        pkg = Path(t) / "pkg"
+        (pkg / "DEBIAN").mkdir(parents=True)
+        control = (f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
+                   f"Maintainer: vfmigrate lab <lab@invalid>\n"
+                   + (f"Depends: {depends}\n" if depends else "")
+                   + f"Description: {description}\n")
+        (pkg / "DEBIAN/control").write_text(control)
+        if postinst:
+            (pkg / "DEBIAN/postinst").write_text(postinst)
+            (pkg / "DEBIAN/postinst").chmod(0o755)
+        for path, content in files.items():
+            p = pkg / path.lstrip("/")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                p.write_bytes(content)
+            else:
+                p.write_text(content)
+            p.chmod(0o755 if "/bin/" in path or "/sbin/" in path else 0o644)
+        outdir.mkdir(parents=True, exist_ok=True)
+        out = outdir / f"{name}_{version}_all.deb"
+        run(["dpkg-deb", "--root-owner-group", "--build", pkg, out])
+    return out
+
+
+# --------------------------------------------------------------------------- L1 hosts
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    """127.0.0.1 ports of one lab: ssh per host, and the two dgram links' endpoints."""
+    ssh: tuple[int, int]
+    mig: tuple[int, int]
+    phys: tuple[int, int]
+
+    @classmethod
+    def pick(cls) -> "Ports":
+        return cls(ssh=(_free_port(), _free_port()),
+                   mig=(_free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_DGRAM)),
+                   phys=(_free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_DGRAM)))
+
+
+HOST_NAMES = ("a", "b")
+
+
+class L1Host:
+    """One L1 VM.  ``index`` is 1 or 2 (host ``lab-a`` / ``lab-b``).
+
+    Addresses: mig 192.0.2.<index>, br0 (igb PF) 198.51.100.<index>, ssh via 127.0.0.1."""
+
+    def __init__(self, index: int, *, qemu: OuterQemu, image: L1Image, l2: L2Assets,
+                 workdir: Path, ports: Ports, numvfs: int = 2, memory_mb: int = 2048,
+                 payload: Path | None = None, smp: int = 1):
+        if memory_mb > 2048:
+            raise LabError("L1 memory above 2 GB breaks igb VF BARs in QEMU 10.0.2 (FACTS)")
+        self.index, self.name = index, f"lab-{HOST_NAMES[index - 1]}"
+        self.qemu, self.image, self.l2 = qemu, image, l2
+        self.workdir = workdir / self.name
+        self.ports, self.numvfs, self.memory_mb, self.smp = ports, numvfs, memory_mb, smp
+        self.payload = payload or self.workdir / "payload"
+        self.proc: subprocess.Popen | None = None
+        self.booted_at: float | None = None
+
+    # paths
+    overlay = property(lambda self: self.workdir / "root.qcow2")
+    console_log = property(lambda self: self.workdir / "console.log")
+    qemu_log = property(lambda self: self.workdir / "qemu.log")
+    qmp_socket = property(lambda self: self.workdir / "qmp.sock")
+    ssh_control = property(lambda self: self.workdir / "ssh.ctl")
+    ssh_port = property(lambda self: self.ports.ssh[self.index - 1])
+
+    def mac(self, nic: int) -> str:
+        return f"52:54:00:1a:{self.index:02x}:{nic:02x}"
+
+    def qemu_argv(self) -> list[str]:
+        i, other = self.index - 1, 2 - self.index
+        ports = self.ports
+
+        def dgram(netdev: str, pair: tuple[int, int]) -> str:
+            return (f"dgram,id={netdev},local.type=inet,local.host=127.0.0.1,"
+                    f"local.port={pair[i]},remote.type=inet,remote.host=127.0.0.1,"
+                    f"remote.port={pair[other]}")
+
+        cmdline = " ".join([
+            "root=/dev/vda", "rw", "console=ttyS0", "intel_iommu=on", "iommu=pt",
+            "mitigations=off", "quiet", "systemd.show_status=1", "net.ifnames=1",
+            f"vfmigrate_lab.index={self.index}", f"vfmigrate_lab.numvfs={self.numvfs}"])
+        fs = []
+        for tag, path in (("lab", HERE / "l1"), ("l2", self.l2.dir), ("payload", self.payload)):
+            fs += ["-fsdev", f"local,id=fs_{tag},path={path},security_model=none,readonly=on",
+                   "-device", f"virtio-9p-pci,fsdev=fs_{tag},mount_tag={tag}"]
+        return [
+            str(self.qemu.system), *self.qemu.firmware_args(),
+            "-name", self.name, "-nodefaults", "-no-user-config", "-display", "none",
+            "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", str(self.smp),
+            "-m", str(self.memory_mb),
+            "-device", "intel-iommu,caching-mode=on",
+            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+            "-append", cmdline,
+            "-drive", f"if=none,id=root,file={self.overlay},format=qcow2,cache=unsafe,"
+                      "discard=unmap",
+            "-device", "virtio-blk-pci,drive=root",
+            "-netdev", f"user,id=ctl,net=198.18.0.0/24,restrict=on,"
+                       f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+            "-device", f"virtio-net-pci,netdev=ctl,mac={self.mac(1)},romfile=",
+            "-netdev", dgram("mig", ports.mig),
+            "-device", f"virtio-net-pci,netdev=mig,mac={self.mac(2)},romfile=",
+            "-device", "pcie-root-port,id=rp0,slot=1,chassis=1",
+            "-netdev", dgram("phys", ports.phys),
+            "-device", f"igb,bus=rp0,netdev=phys,mac={self.mac(16)}",
+            *fs,
+            "-serial", f"file:{self.console_log}",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+        ]
+
+    def start(self) -> None:
+        """Create a fresh qcow2 overlay over the cached image and start QEMU (no wait)."""
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True)
+        self.payload.mkdir(parents=True, exist_ok=True)
+        run([self.qemu.img, "create", "-q", "-f", "qcow2", "-F", "raw",
+             "-b", self.image.disk, self.overlay], env=self.qemu.env())
+        argv = self.qemu_argv()
+        (self.workdir / "qemu.argv").write_text(shlex.join(argv) + "\n")
+        with self.qemu_log.open("wb") as logf:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT, env=self.qemu.env(),
+                                         start_new_session=True)
+        self.booted_at = time.monotonic()
+        log.info("%s: QEMU pid %d, ssh 127.0.0.1:%d, workdir %s", self.name, self.proc.pid,
+                 self.ssh_port, self.workdir)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def console_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.console_log.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self, timeout: float = 600) -> float:
+        """Wait until ssh works and lab-init finished; return seconds since start."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.alive():
+                raise LabError(f"{self.name}: QEMU exited {self.proc.returncode if self.proc else '?'}: "
+                               f"{self.qemu_log.read_text(errors='replace')[-2000:]}")
+            try:
+                r = self.run(["systemctl", "is-active", "vfmigrate-lab-init.service"],
+                             timeout=30, check=False, connect_timeout=5)
+                if r.stdout.strip() == "active":
+                    break
+                if r.stdout.strip() == "failed":
+                    raise LabError(f"{self.name}: lab-init failed:\n" + self.run(
+                        ["journalctl", "-b", "-u", "vfmigrate-lab-init", "--no-pager"],
+                        check=False).stdout[-4000:])
+            except (CommandFailed, CommandTimeout):
+                pass
+            if time.monotonic() > deadline:
+                raise BootTimeout(self.name, timeout, self.console_tail())
+            time.sleep(2)
+        return time.monotonic() - (self.booted_at or 0)
+
+    def _ssh_base(self, connect_timeout: float = 10) -> list[str]:
+        return ["ssh", "-F", "/dev/null", "-i", str(self.image.ssh_key),
+                "-o", f"UserKnownHostsFile={self.image.known_hosts}",
+                "-o", "HostKeyAlias=vfmigrate-lab-l1", "-o", "StrictHostKeyChecking=yes",
+                "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(connect_timeout)}",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.ssh_control}",
+                "-o", "ControlPersist=600", "-o", "ServerAliveInterval=10",
+                "-o", "LogLevel=ERROR", "-p", str(self.ssh_port), "root@127.0.0.1"]
+
+    def run(self, argv: Sequence[str], *, timeout: float = 300, check: bool = True,
+            input: str | bytes | None = None, connect_timeout: float = 10
+            ) -> subprocess.CompletedProcess:
+        """Run argv in L1 as root (over ssh); raise CommandFailed with where=<host>."""
+        remote = shlex.join([os.fspath(a) for a in argv])
+        full = self._ssh_base(connect_timeout) + ["--", remote]
+        text = not isinstance(input, bytes)
+        try:
+            proc = subprocess.run(full, capture_output=True, text=text, input=input,
+                                  timeout=timeout, stdin=None if input is not None
+                                  else subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise CommandTimeout(argv, timeout, self.name) from None
+        if proc.returncode == 255 and not text:
+            raise CommandFailed(argv, 255, "", proc.stderr.decode(errors="replace"), self.name)
+        if proc.returncode == 255:
+            raise CommandFailed(argv, 255, proc.stdout, proc.stderr, self.name)
+        if check and proc.returncode != 0:
+            raise CommandFailed(argv, proc.returncode, proc.stdout, proc.stderr, self.name)
+        return proc
+
+    def put(self, local: Path | bytes | str, remote: str, mode: int = 0o644) -> None:
+        """Copy a local file (or bytes/str content) to ``remote`` in L1."""
+        data = local if isinstance(local, (bytes, str)) and not isinstance(local, Path) \
+            else Path(local).read_bytes()
+        if isinstance(data, str):
+            data = data.encode()
+        self.run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"',
+                  "put", remote, f"{mode:o}"], input=data)
+
+    def get(self, remote: str) -> bytes:
+        return self.run(["cat", remote], input=b"").stdout
+
+    def status(self) -> dict:
+        """lab-init's /run/vfmigrate-lab/status.json (VFs, payload install, timings)."""
+        return json.loads(self.get("/run/vfmigrate-lab/status.json"))
+
+    def virsh(self, *args: str, timeout: float = 300, check: bool = True
+              ) -> subprocess.CompletedProcess:
+        return self.run(["virsh", "-c", "qemu:///system", *args], timeout=timeout, check=check)
+
+    def start_l2(self, name: str, xml: str, timeout: float = 300) -> None:
+        """Define and start an L2 guest (console file truncated first)."""
+        self.run(["mkdir", "-p", L2_SERIAL_DIR])
+        self.run(["rm", "-f", f"{L2_SERIAL_DIR}/{name}.console"])
+        self.put(xml, f"/root/{name}.xml")
+        self.virsh("define", f"/root/{name}.xml")
+        self.virsh("start", name, timeout=timeout)
+
+    def l2_console(self, name: str) -> str:
+        r = self.run(["cat", f"{L2_SERIAL_DIR}/{name}.console"], check=False)
+        return r.stdout
+
+    def l2_reports(self, name: str) -> list[dict]:
+        return [parse_l2_report(line) for line in self.l2_console(name).splitlines()
+                if line.startswith("LAB-L2 up=")]
+
+    def wait_l2(self, name: str, predicate, timeout: float = 600, poll: float = 5) -> dict:
+        """Wait for an L2 console report satisfying predicate(report); return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for rep in reversed(self.l2_reports(name)):
+                if predicate(rep):
+                    return rep
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name}: L2 {name}: no matching report in {timeout:.0f} s; "
+                               f"console:\n{self.l2_console(name)[-3000:]}")
+            time.sleep(poll)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop this host's QEMU (by its PID) and its ssh master."""
+        with contextlib.suppress(Exception):
+            run(self._ssh_base()[:-1] + ["-O", "exit", "root@127.0.0.1"], timeout=10,
+                check=False)
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+# --------------------------------------------------------------------------- L2 guests
+L2_SERIAL_DIR = "/var/log/vfmigrate-lab"
+
+
+def l2_domain_xml(name: str, *, mac: str, vf_pci: str | None = None,
+                  mode: str = "failover", ip: str = "198.51.100.10/24",
+                  peers: Sequence[str] = ("198.51.100.1", "198.51.100.2"),
+                  memory_mib: int = 256, interval: int = 5, spare_root_ports: int = 3,
+                  machine: str = "q35", kernel: str = "/mnt/l2/vmlinuz",
+                  initrd: str = "/mnt/l2/initrd.gz", extra_cmdline: Sequence[str] = (),
+                  qemu_args: Sequence[str] = ()) -> str:
+    """libvirt XML of an L2 guest (TCG, q35, kernel + initramfs from /mnt/l2).
+
+    mode: ``hostdev`` = only ``<interface type='hostdev' managed='yes'>`` on ``vf_pci``;
+    ``failover`` = that VF with ``<teaming type='transient' persistent='ua-net0'/>`` plus a
+    virtio ``<interface type='bridge'>`` on br0 with ``<teaming type='persistent'/>`` and
+    alias ``ua-net0`` (same MAC); ``virtio`` = only the virtio interface.
+    The console goes to ``/var/log/vfmigrate-lab/<name>.console`` in L1."""
+    import xml.etree.ElementTree as ET
+
+    def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+        e = ET.SubElement(parent, tag, attrs)
+        if text is not None:
+            e.text = text
+        return e
+
+    dom = ET.Element("domain", type="qemu")
+    sub(dom, "name", name)
+    sub(dom, "memory", str(memory_mib), unit="MiB")
+    sub(dom, "vcpu", "1")
+    os_ = sub(dom, "os")
+    sub(os_, "type", "hvm", arch="x86_64", machine=machine)
+    sub(os_, "kernel", kernel)
+    sub(os_, "initrd", initrd)
+    sub(os_, "cmdline", " ".join([
+        "console=ttyS0", "quiet", "mitigations=off", "nokaslr", "tsc=reliable",
+        "no_timer_check",
+        f"lab.ip={ip}", f"lab.peers={','.join(peers)}", f"lab.interval={interval}",
+        *extra_cmdline]))
+    feats = sub(dom, "features")  # without <acpi/> libvirt passes -no-acpi: see README
+    sub(feats, "acpi")
+    sub(feats, "apic")
+    sub(dom, "on_reboot", "destroy")
+    sub(dom, "on_crash", "destroy")
+    devs = sub(dom, "devices")
+    sub(devs, "emulator", "/usr/bin/qemu-system-x86_64")
+    sub(devs, "controller", type="usb", model="none")
+    sub(devs, "controller", type="pci", index="0", model="pcie-root")
+    for _ in range(spare_root_ports):
+        sub(devs, "controller", type="pci", model="pcie-root-port")
+    if mode in ("failover", "virtio"):
+        i = sub(devs, "interface", type="bridge")
+        sub(i, "mac", address=mac)
+        sub(i, "source", bridge="br0")
+        sub(i, "model", type="virtio")
+        sub(i, "rom", enabled="no")
+        if mode == "failover":
+            sub(i, "teaming", type="persistent")
+            sub(i, "alias", name="ua-net0")
+    if mode in ("failover", "hostdev"):
+        if vf_pci is None:
+            raise LabError("a hostdev/failover guest needs vf_pci")
+        dom_, bus, slot_fn = vf_pci.split(":")
+        slot, fn = slot_fn.split(".")
+        i = sub(devs, "interface", type="hostdev", managed="yes")
+        sub(i, "mac", address=mac)
+        src = sub(i, "source")
+        sub(src, "address", type="pci", domain=f"0x{dom_}", bus=f"0x{bus}",
+            slot=f"0x{slot}", function=f"0x{fn}")
+        sub(i, "rom", bar="off")
+        if mode == "failover":
+            sub(i, "teaming", type="transient", persistent="ua-net0")
+    ser = sub(devs, "serial", type="file")
+    sub(ser, "source", path=f"{L2_SERIAL_DIR}/{name}.console")
+    sub(ser, "target", port="0")
+    sub(devs, "memballoon", model="none")
+    if qemu_args:
+        ns = "http://libvirt.org/schemas/domain/qemu/1.0"
+        cl = ET.SubElement(dom, f"{{{ns}}}commandline")
+        for a in qemu_args:
+            ET.SubElement(cl, f"{{{ns}}}arg", value=a)
+        ET.register_namespace("qemu", ns)
+    return ET.tostring(dom, encoding="unicode")
+
+
+def parse_l2_report(line: str) -> dict:
+    """Parse one ``LAB-L2 up=… master=… ifaces=… ping=…`` console line."""
+    out: dict = {}
+    for word in line.split()[1:]:
+        k, _, v = word.partition("=")
+        out[k] = v
+    out["ifaces"] = [dict(zip(("name", "driver", "mac", "state", "master"), i.split("/", 4)))
+                     for i in filter(None, out.get("ifaces", "").split(","))]
+    out["ping"] = dict(p.rsplit(":", 1) for p in filter(None, out.get("ping", "").split(",")))
+    return out
+
+
+class Lab:
+    """One or two L1 hosts sharing the mig link and the igb "physical" segment.
+
+    Use as a context manager; hosts are stopped on exit.  ``hosts[0]`` is lab-a."""
+
+    def __init__(self, nhosts: int = 2, *, workdir: Path | None = None,
+                 payloads: Sequence[Path | None] = (), numvfs: int = 2, smp: int = 1):
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="vfmigrate-lab-"))
+        with phase("cache-outer-qemu"):
+            self.qemu = outer_qemu()
+        with phase("cache-l1-image"):
+            self.image = l1_image(self.qemu)
+        with phase("cache-l2-assets"):
+            self.l2 = l2_assets(self.image)
+        ports = Ports.pick()
+        payloads = list(payloads) + [None] * nhosts
+        self.hosts = [L1Host(i + 1, qemu=self.qemu, image=self.image, l2=self.l2,
+                             workdir=self.workdir, ports=ports, payload=payloads[i],
+                             numvfs=numvfs, smp=smp) for i in range(nhosts)]
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def boot(self, timeout: float = 600) -> None:
+        with phase("l1-boot"):
+            for h in self.hosts:
+                h.start()
+            for h in self.hosts:
+                waited = h.wait_ready(timeout)
+                TIMINGS[f"l1-boot-{h.name}"] = round(waited, 1)
+
+    def stop(self) -> None:
+        for h in self.hosts:
+            h.stop()
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build", help="build or reuse the cached QEMU, L1 image and L2 assets")
+    b = sub.add_parser("boot", help="boot the lab and keep it up until Ctrl-C")
+    b.add_argument("--hosts", type=int, default=2, choices=(1, 2))
+    b.add_argument("--workdir", type=Path)
+    b.add_argument("--payload", type=Path, action="append", default=[],
+                   help="payload dir for host 1, then host 2")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.cmd == "build":
+        q = outer_qemu()
+        img = l1_image(q)
+        l2 = l2_assets(img)
+        print(json.dumps({"qemu": str(q.root), "qemu_version": q.version(),
+                          "l1": str(img.dir), "l2": str(l2.dir), "timings": TIMINGS},
+                         indent=1))
+        return 0
+    if args.cmd == "boot":
+        with Lab(args.hosts, workdir=args.workdir, payloads=args.payload) as lab:
+            lab.boot()
+            for h in lab.hosts:
+                print(f"{h.name}: ssh {shlex.join(h._ssh_base())}")
+            print(json.dumps(TIMINGS, indent=1))
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause()
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

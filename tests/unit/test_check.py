@@ -1,0 +1,178 @@
+"""``vfmigrate check`` against libvirt's test driver with custom hosts.
+
+The test driver (``test:///path/to/host.xml``) is real libvirt API code over a
+host described in a file: node devices with SR-IOV capabilities, networks and
+running guests, which the namespaced testbed cannot have.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from tests.fakesysfs import NVME_PM1733
+from vfmigrate.cli import main
+
+libvirt = pytest.importorskip("libvirt")
+
+DESTINATION = """<node>
+  <device>
+    <name>pci_0000_5e_00_0</name>
+    <parent>computer</parent>
+    <capability type='pci'>
+      <class>0x020000</class>
+      <domain>0</domain><bus>94</bus><slot>0</slot><function>0</function>
+      <product id='0x1572'/><vendor id='0x8086'/>
+      <capability type='virt_functions' maxCount='64'>
+        <address domain='0x0000' bus='0x5e' slot='0x02' function='0x0'/>
+        <address domain='0x0000' bus='0x5e' slot='0x02' function='0x1'/>
+      </capability>
+    </capability>
+  </device>
+  <device>
+    <name>net_ens1f0_3c_fd_fe_00_00_01</name>
+    <parent>pci_0000_5e_00_0</parent>
+    <capability type='net'><interface>ens1f0</interface></capability>
+  </device>
+  <device>
+    <name>pci_0000_86_00_0</name>
+    <parent>computer</parent>
+    <capability type='pci'>
+      <domain>0</domain><bus>134</bus><slot>0</slot><function>0</function>
+      <product id='0x1572'/><vendor id='0x8086'/>
+      <capability type='virt_functions' maxCount='64'>
+        <address domain='0x0000' bus='0x86' slot='0x02' function='0x0'/>
+        <address domain='0x0000' bus='0x86' slot='0x02' function='0x1'/>
+        <address domain='0x0000' bus='0x86' slot='0x02' function='0x2'/>
+      </capability>
+    </capability>
+  </device>
+  <device>
+    <name>net_ens2f0_3c_fd_fe_00_00_02</name>
+    <parent>pci_0000_86_00_0</parent>
+    <capability type='net'><interface>ens2f0</interface></capability>
+  </device>
+  %(network)s
+  <domain type='test'>
+    <name>resident</name>
+    <memory>65536</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <interface type='hostdev' managed='yes'>
+        <mac address='52:54:00:00:00:77'/>
+        <source><address type='pci' domain='0x0000' bus='0x5e' slot='0x02' function='0x0'/></source>
+      </interface>
+    </devices>
+  </domain>
+</node>"""
+
+PHYSNET2_POOL = """<network>
+    <name>physnet2</name>
+    <forward mode='hostdev' managed='yes'><pf dev='ens2f0'/></forward>
+  </network>"""
+
+
+def device(vf, mac, teaming=False, hostdev=False) -> str:
+    pci = vf.xml_attributes()
+    source = (f"<source><address type='pci' domain='{pci['domain']}' bus='{pci['bus']}' "
+              f"slot='{pci['slot']}' function='{pci['function']}'/></source>")
+    team = "<teaming type='transient' persistent='ua-backup0'/>" if teaming else ""
+    if hostdev:
+        return f"<hostdev mode='subsystem' type='pci' managed='yes'>{source}{team}</hostdev>"
+    return (f"<interface type='hostdev' managed='yes'><mac address='{mac}'/>{source}{team}"
+            "</interface>")
+
+
+def source_host(tmp_path, devices: list[str]) -> str:
+    path = tmp_path / "source.xml"
+    path.write_text(f"<node><domain type='test'><name>vfguest</name><memory>65536</memory>"
+                    f"<os><type>hvm</type></os><devices>{''.join(devices)}</devices></domain>"
+                    "</node>")
+    return f"test://{path}"
+
+
+def destination_host(tmp_path, network: str = "") -> str:
+    path = tmp_path / "destination.xml"
+    path.write_text(DESTINATION % {"network": network})
+    return f"test://{path}"
+
+
+def check(host, source_uri, destination_uri, *extra) -> tuple[int, dict]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["vfmigrate", "--config", str(host.config_path), "check", "vfguest",
+                 destination_uri, "--uri", source_uri, "--json", *extra], out, err)
+    assert err.getvalue() == ""
+    return code, json.loads(out.getvalue())
+
+
+def test_vf_without_teaming_needs_vfmigrate_migrate(host, tmp_path):
+    source = source_host(tmp_path, [device(host.physnet1_vfs[5], "52:54:00:00:00:01")])
+    code, report = check(host, source, destination_host(tmp_path))
+    assert (code, report["path"], report["can_migrate"]) == (10, "vfmigrate-migrate", True)
+    [dev] = report["devices"]
+    assert (dev["address"], dev["network"], dev["path"]) == \
+        (str(host.physnet1_vfs[5]), "physnet1", "assisted")
+    [network] = report["networks"]
+    assert (network["needed"], network["free"], network["total"], network["pfs"]) == \
+        (1, 1, 2, ["ens1f0"])   # one of the two VFs is held by the resident guest
+    assert network["method"] == "PFs named as in this host's config"
+    assert report["destination_libvirt"].startswith("9.")
+
+
+def test_not_enough_free_vfs_means_cannot(host, tmp_path):
+    source = source_host(tmp_path, [device(host.physnet1_vfs[5], "52:54:00:00:00:01"),
+                                    device(host.physnet1_vfs[6], "52:54:00:00:00:02")])
+    code, report = check(host, source, destination_host(tmp_path))
+    assert (code, report["path"]) == (1, None)
+    assert report["problems"] == ["network physnet1: the destination has 1 free VF(s) for 2 "
+                                  "(PFs named as in this host's config)"]
+
+
+def test_libvirt_hostdev_network_of_the_label_names_the_pool(host, tmp_path):
+    source = source_host(tmp_path, [device(host.physnet2_vfs[1], "52:54:00:00:00:01")])
+    code, report = check(host, source, destination_host(tmp_path, PHYSNET2_POOL))
+    [network] = report["networks"]
+    assert (code, network["free"], network["pfs"]) == (10, 3, ["ens2f0"])
+    assert network["method"] == "PFs of the destination's libvirt network 'physnet2'"
+
+
+def test_teaming_needs_a_qemu_with_failover(host, tmp_path):
+    source = source_host(tmp_path, [device(host.physnet1_vfs[5], "52:54:00:00:00:01",
+                                           teaming=True)])
+    code, report = check(host, source, destination_host(tmp_path))
+    assert report["devices"][0]["path"] == "teaming"
+    # The test driver reports hypervisor version 0.0.2: no virtio-net failover.
+    assert (code, report["problems"]) == (1, ["destination QEMU 0.0.2 has no virtio-net "
+                                              "failover (needs 4.2)"])
+
+
+def test_non_network_vf_is_refused_unless_included(host, tmp_path):
+    [nvme] = host.sysfs.add_pf(NVME_PM1733, "0000:d8:00.0", "nvme0", 1)
+    host.write_config({"physnet1": "ens1f0", "storage": "0000:d8:00.0"})
+    source = source_host(tmp_path, [device(nvme, None, hostdev=True)])
+    code, report = check(host, source, destination_host(tmp_path))
+    assert code == 1
+    assert report["devices"][0]["reason"].startswith("PCI class 0x010802 is not a network "
+                                                     "controller")
+    code, report = check(host, source, destination_host(tmp_path), "--include-device",
+                         str(nvme))
+    assert (report["devices"][0]["path"], report["devices"][0]["network"]) == \
+        ("assisted", "storage")
+    assert report["networks"][0]["free"] == 0   # the destination has no such PF
+    assert code == 1
+
+
+def test_text_output_names_each_device_and_network(host, tmp_path):
+    source = source_host(tmp_path, [device(host.physnet1_vfs[5], "52:54:00:00:00:01")])
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["vfmigrate", "--config", str(host.config_path), "check", "vfguest",
+                 destination_host(tmp_path), "--uri", source], out, err)
+    lines = out.getvalue().splitlines()
+    assert code == 10
+    assert lines[0].endswith("can migrate with 'vfmigrate migrate' (VFs are unplugged, moved "
+                             "and plugged in again)")
+    assert lines[1] == (f"  device 52:54:00:00:00:01 (VF {host.physnet1_vfs[5]}, network "
+                        "physnet1): assisted: no teaming: unplugged before and plugged in "
+                        "after the migration")

@@ -1,0 +1,261 @@
+"""``vfmigrate check DOMAIN DEST_URI``: can the guest migrate there, and how?
+
+Runs on the source host.  The destination is asked only through the libvirt
+API (its node devices, its running guests' XML, its libvirt and QEMU
+versions); the source's own config and sysfs tell each VF's network and PCI
+class.  For every VF device of the guest it says which path it takes:
+
+* ``teaming``: ``<teaming type='transient'>``; rides along a plain ``virsh
+  migrate --live`` (QEMU failover; vfmigrate's hook picks the VF there);
+* ``assisted``: any other VF of a network NIC; ``vfmigrate migrate`` unplugs,
+  migrates and plugs a VF of the destination in again;
+* ``refused``: a PCI device that is not a network VF (an NVMe or GPU VF, say)
+  unless included with ``--include-device``, or a VF of no known network.
+
+Then whether the destination has enough free VFs per network, and libvirt and
+QEMU versions that support the path.  Exit codes: 0 a plain ``virsh migrate``
+works, 10 only ``vfmigrate migrate`` works, 1 the migration cannot succeed
+(the reasons are listed), 6 libvirt failed.
+
+Free VFs are the destination's VFs minus those its running guests hold; VFs
+its vfmigrate has reserved for guests still arriving are not visible through
+libvirt, so the count can be higher than what the hook will find.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ElementTree
+from collections import namedtuple
+from dataclasses import dataclass, field
+
+from . import domxml
+from .config import Config
+from .inventory import Inventory
+from .pci import PciAddress
+
+EXIT_PLAIN, EXIT_ASSISTED, EXIT_CANNOT = 0, 10, 1
+HOOK_QEMU_D = 6_005_000           # libvirt 6.5: qemu.d hooks
+HOSTDEV_TEAMING = 7_001_000       # libvirt 7.1: <teaming> on <hostdev>
+QEMU_FAILOVER = 4_002_000         # QEMU 4.2: virtio-net failover
+
+
+class DeviceCheck(namedtuple("DeviceCheck", "name address network path reason")):
+    __slots__ = ()
+
+
+class NetworkCheck(namedtuple("NetworkCheck", "network needed free total pfs method")):
+    __slots__ = ()
+
+    @property
+    def enough(self) -> bool:
+        return self.free is None or self.free >= self.needed
+
+
+@dataclass
+class CheckReport:
+    domain: str
+    destination: str
+    devices: list[DeviceCheck] = field(default_factory=list)
+    networks: list[NetworkCheck] = field(default_factory=list)
+    destination_libvirt: int = 0
+    destination_qemu: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> str | None:
+        """``virsh``, ``vfmigrate-migrate`` or None (cannot migrate)."""
+        if self.problems:
+            return None
+        if any(device.path == "assisted" for device in self.devices):
+            return "vfmigrate-migrate"
+        return "virsh"
+
+    @property
+    def exit_code(self) -> int:
+        return {None: EXIT_CANNOT, "virsh": EXIT_PLAIN,
+                "vfmigrate-migrate": EXIT_ASSISTED}[self.path]
+
+    def as_dict(self) -> dict:
+        return {"domain": self.domain, "destination": self.destination,
+                "can_migrate": self.path is not None, "path": self.path,
+                "devices": [device._asdict() | {"address": str(device.address)}
+                            for device in self.devices],
+                "networks": [network._asdict() | {"enough": network.enough}
+                             for network in self.networks],
+                "destination_libvirt": _version(self.destination_libvirt),
+                "destination_qemu": _version(self.destination_qemu),
+                "problems": self.problems, "notes": self.notes}
+
+    def lines(self) -> list[str]:
+        lines = [f"guest {self.domain} -> {self.destination}: "
+                 + {None: "CANNOT migrate",
+                    "virsh": "can migrate with a plain 'virsh migrate --live'",
+                    "vfmigrate-migrate": "can migrate with 'vfmigrate migrate' (VFs are "
+                                         "unplugged, moved and plugged in again)"}[self.path]]
+        for device in self.devices:
+            lines.append(f"  device {device.name} (VF {device.address}, network "
+                         f"{device.network or '?'}): {device.path}: {device.reason}")
+        for network in self.networks:
+            free = "not visible" if network.free is None else f"{network.free} free of " \
+                                                                f"{network.total}"
+            lines.append(f"  network {network.network} on the destination: needs "
+                         f"{network.needed}, {free} ({network.method})")
+        lines.append(f"  destination: libvirt {_version(self.destination_libvirt)}, "
+                     f"QEMU {_version(self.destination_qemu)}")
+        lines += [f"  problem: {problem}" for problem in self.problems]
+        lines += [f"  note: {note}" for note in self.notes]
+        return lines
+
+
+def _version(number: int) -> str:
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+def run_check(source, destination, domain_name: str, *, destination_uri: str,
+              config: Config | None, include_devices: frozenset[str] = frozenset()) -> CheckReport:
+    """``source``/``destination`` are :class:`vfmigrate.virt.LibvirtHost`."""
+    report = CheckReport(domain=domain_name, destination=destination_uri)
+    domain = source.lookup_name(domain_name)
+    uuid = domain.UUIDString()
+    if not source.is_active(uuid):
+        report.problems.append(f"guest {domain_name} is not running")
+        return report
+    parsed = domxml.parse(source.guest(uuid).xml)
+    inventory = Inventory(config.sysfs_root, config.networks.values()) if config else None
+    for device in parsed.devices:
+        report.devices.append(_check_device(device, inventory, config, include_devices))
+    report.problems += [f"device {d.name}: {d.reason}" for d in report.devices
+                        if d.path == "refused"]
+    report.destination_libvirt, report.destination_qemu = destination.versions()
+    _check_versions(report, parsed)
+    _check_capacity(report, destination, config)
+    return report
+
+
+def _check_device(device: domxml.VFDevice, inventory: Inventory | None, config: Config | None,
+                  include_devices: frozenset[str]) -> DeviceCheck:
+    name = device.alias or device.mac or str(device.address)
+    network = device.network
+    if network is None and inventory is not None and device.address is not None:
+        vf = inventory.find_vf(device.address)
+        network = vf.network if vf else None
+    if device.kind == "metadata":
+        what = "stand-in for a VF (testbed)" if device.entry.get("device") == "stand-in" \
+            else "VF held outside the device list"
+        return DeviceCheck(name, device.address, network, "assisted", what)
+    included = bool({device.alias, device.mac, str(device.address)} & include_devices)
+    pci_class = _pci_class(config, device.address)
+    if pci_class is not None and not pci_class.startswith("0x02") and not included:
+        return DeviceCheck(name, device.address, network, "refused",
+                           f"PCI class {pci_class} is not a network controller; only VFs of "
+                           f"NICs move by default (include it with --include-device {name})")
+    if network is None:
+        return DeviceCheck(name, device.address, None, "refused",
+                           "not a VF of a configured network and has no network label "
+                           f"(label it: vfmigrate tag DOMAIN --network NAME --device {name})")
+    if device.teaming:
+        return DeviceCheck(name, device.address, network, "teaming",
+                           "teamed with a virtio NIC: QEMU failover moves it")
+    return DeviceCheck(name, device.address, network, "assisted",
+                       "no teaming: unplugged before and plugged in after the migration")
+
+
+def _pci_class(config: Config | None, address: PciAddress | None) -> str | None:
+    if config is None or address is None:
+        return None
+    try:
+        with open(os.path.join(config.sysfs_root, "bus", "pci", "devices", str(address),
+                               "class")) as class_file:
+            return class_file.read().strip()
+    except OSError:
+        return None
+
+
+def _check_versions(report: CheckReport, parsed: domxml.DomainXML) -> None:
+    if not any(d.path != "refused" for d in report.devices):
+        return
+    if report.destination_libvirt < HOOK_QEMU_D:
+        report.problems.append(f"destination libvirt {_version(report.destination_libvirt)} "
+                               "is older than 6.5: it cannot run vfmigrate's hook")
+    teamed = [d for d in parsed.devices if d.teaming]
+    if any(d.kind == "hostdev" for d in teamed) and report.destination_libvirt < HOSTDEV_TEAMING:
+        report.problems.append("the guest teams a <hostdev>, which needs libvirt 7.1 on the "
+                               "destination")
+    if teamed and report.destination_qemu < QEMU_FAILOVER:
+        report.problems.append(f"destination QEMU {_version(report.destination_qemu)} has no "
+                               "virtio-net failover (needs 4.2)")
+
+
+def _check_capacity(report: CheckReport, destination, config: Config | None) -> None:
+    needed: dict[str, int] = {}
+    stand_ins = set()
+    for device in report.devices:
+        if device.path in ("teaming", "assisted") and device.network:
+            needed[device.network] = needed.get(device.network, 0) + 1
+            if device.reason.startswith("stand-in"):
+                stand_ins.add(device.network)
+    if not needed:
+        return
+    pools = _destination_pools(destination)
+    in_use = {address for guest in destination.active_guests()
+              for address in domxml.parse(guest.xml).pci_sources}
+    hostdev_networks = destination.hostdev_networks()
+    for network, count in sorted(needed.items()):
+        if network in stand_ins:
+            report.networks.append(NetworkCheck(network, count, None, None, [],
+                                                "stand-in VFs are simulated: not counted"))
+            continue
+        pfs, method = _pfs_of(network, pools, hostdev_networks, config)
+        vfs = [vf for pf in pfs for vf in pools[pf][1]]
+        free = sum(1 for vf in vfs if vf not in in_use)
+        check = NetworkCheck(network, count, free, len(vfs),
+                             [pools[pf][0] or str(pf) for pf in pfs], method)
+        report.networks.append(check)
+        if not check.enough:
+            report.problems.append(f"network {network}: the destination has {free} free VF(s) "
+                                   f"for {count} ({method})")
+    report.notes.append("VFs the destination has reserved for guests still arriving are not "
+                        "visible through libvirt")
+
+
+def _destination_pools(destination) -> dict[PciAddress, tuple[str | None, list[PciAddress]]]:
+    """The destination's PFs: address -> (netdev name, VF addresses), from node devices."""
+    libvirt = destination.libvirt
+    pools: dict[PciAddress, tuple[str | None, list[PciAddress]]] = {}
+    names: dict[str, PciAddress] = {}
+    for xml in destination.node_device_xmls(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV):
+        root = ElementTree.fromstring(xml)
+        pci = root.find("capability[@type='pci']")
+        if pci is None:
+            continue
+        address = PciAddress(*(int(pci.findtext(part, "0"), 0)
+                               for part in ("domain", "bus", "slot", "function")))
+        names[root.findtext("name", "")] = address
+        functions = pci.find("capability[@type='virt_functions']")
+        if functions is not None:
+            vfs = [PciAddress.from_xml_attributes(a.get("domain"), a.get("bus"), a.get("slot"),
+                                                  a.get("function"))
+                   for a in functions.findall("address")]
+            pools[address] = (None, vfs)
+    for xml in destination.node_device_xmls(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET):
+        root = ElementTree.fromstring(xml)
+        parent = names.get(root.findtext("parent", ""))
+        if parent in pools:
+            pools[parent] = (root.findtext("capability/interface"), pools[parent][1])
+    return pools
+
+
+def _pfs_of(network: str, pools, hostdev_networks: dict[str, list[str]],
+            config: Config | None) -> tuple[list[PciAddress], str]:
+    by_name = {name: address for address, (name, _) in pools.items() if name}
+    if network in hostdev_networks:
+        pfs = [by_name[name] for name in hostdev_networks[network] if name in by_name]
+        return pfs, f"PFs of the destination's libvirt network '{network}'"
+    if config is not None and network in config.networks:
+        specs = config.networks[network].pfs
+        pfs = [by_name[spec] for spec in specs if spec in by_name]
+        pfs += [address for address in pools if str(address) in specs]
+        return pfs, "PFs named as in this host's config"
+    return list(pools), "every PF of the destination (its network layout is not visible)"

@@ -1,0 +1,125 @@
+"""Plug VFs back into a guest that arrived without them (``vfmigrate migrate``).
+
+A guest moved by ``vfmigrate migrate`` travels with its VFs unplugged.  Its
+metadata lists each one with ``replug="on-arrival"``; the destination's hook,
+claiming a local VF for it, rewrites the entry's ``address`` and turns the
+flag into ``replug="pending"``.  This module builds each device back from its
+entry (the claimed VF as source, the MAC, VLAN and guest PCI address it had),
+plugs it in and clears the flag.
+
+Used by the listener (on arrival and at every reconcile) and by ``vfmigrate
+migrate`` itself if the destination's listener does not do it in time.
+Idempotent: a VF already in the guest is not plugged twice.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from xml.sax.saxutils import quoteattr
+
+from . import METADATA_NAMESPACE, domxml, metadata
+from .errors import LibvirtFailure, Refused
+from .pci import PciAddress
+
+
+class StandInsNotAllowed(Refused):
+    msg_fmt = ("guest '{domain}' has a stand-in VF ({mac}), which only testbeds use; set "
+               "allow_stand_ins = yes in the config to plug it")
+
+
+class Plugged(namedtuple("Plugged", "mac address device detail ok")):
+    """One pending VF: its MAC, the host VF, how it was plugged, what happened."""
+
+    __slots__ = ()
+
+
+def device_xml(entry: dict[str, str], address: PciAddress, *, domain: str,
+               allow_stand_ins: bool, guest_address: bool = True) -> str:
+    """The device XML for a pending entry (attributes validated by domxml)."""
+    kind = entry.get("device", "interface")
+    mac = f"<mac address={quoteattr(entry['mac'])}/>" if entry.get("mac") else ""
+    vlan = (f"<vlan><tag id={quoteattr(entry['vlan'])}/></vlan>"
+            if entry.get("vlan") and kind != "hostdev" else "")
+    guest = ""
+    if guest_address and entry.get("guest-address"):
+        attrs = PciAddress.parse(entry["guest-address"]).xml_attributes()
+        guest = "<address type='pci' " + " ".join(f"{k}='{v}'" for k, v in attrs.items()) + "/>"
+    source_attrs = " ".join(f"{k}='{v}'" for k, v in address.xml_attributes().items())
+    source = f"<source><address type='pci' {source_attrs}/></source>"
+    if kind == "hostdev":
+        return f"<hostdev mode='subsystem' type='pci' managed='yes'>{source}{guest}</hostdev>"
+    if kind == "stand-in":
+        if not allow_stand_ins:
+            raise StandInsNotAllowed(domain=domain, mac=entry.get("mac"))
+        return (f"<interface type='bridge'>{mac}<source bridge={quoteattr(entry['bridge'])}/>"
+                f"<model type='virtio'/>{guest}</interface>")
+    return f"<interface type='hostdev' managed='yes'>{mac}{source}{vlan}{guest}</interface>"
+
+
+def pending_vfs(parsed: domxml.DomainXML) -> list[domxml.VFDevice]:
+    return [device for device in parsed.devices
+            if device.kind == "metadata" and device.replug == "pending" and device.address]
+
+
+def _already_plugged(device: domxml.VFDevice, live_xml: bytes, parsed: domxml.DomainXML) -> bool:
+    if device.entry.get("device") == "stand-in":
+        return device.mac is not None and f"<mac address='{device.mac}'/>".encode() in live_xml
+    return device.address in parsed.pci_sources
+
+
+def plug_pending(host, uuid: str, *, allow_stand_ins: bool) -> list[Plugged]:
+    """Plug in every pending VF of a running guest, then clear the flags."""
+    guest = host.guest(uuid)
+    if guest is None:
+        return []
+    parsed = domxml.parse(guest.xml)
+    pending = pending_vfs(parsed)
+    if not pending:
+        return []
+    results = []
+    done_tags = set()
+    for device in pending:
+        if _already_plugged(device, guest.xml, parsed):
+            results.append(Plugged(device.mac, device.address, device.entry.get("device"),
+                                   "already plugged", True))
+            done_tags.add(device.metadata_tag)
+            continue
+        try:
+            xml = device_xml(device.entry, device.address, domain=guest.name,
+                             allow_stand_ins=allow_stand_ins)
+            try:
+                host.attach_device(uuid, xml, live=True, config=guest.persistent)
+                detail = "plugged at its guest PCI address" if "guest-address" in device.entry \
+                    else "plugged"
+            except LibvirtFailure:
+                if "guest-address" not in device.entry:
+                    raise
+                # Its old guest PCI address is taken here: let libvirt choose one.
+                xml = device_xml(device.entry, device.address, domain=guest.name,
+                                 allow_stand_ins=allow_stand_ins, guest_address=False)
+                host.attach_device(uuid, xml, live=True, config=guest.persistent)
+                detail = "plugged at a new guest PCI address (the old one is taken)"
+        except (LibvirtFailure, StandInsNotAllowed) as error:
+            results.append(Plugged(device.mac, device.address, device.entry.get("device"),
+                                   str(error), False))
+            continue
+        results.append(Plugged(device.mac, device.address, device.entry.get("device"),
+                               detail, True))
+        done_tags.add(device.metadata_tag)
+    if done_tags:
+        entries = []
+        for entry, device in zip(parsed.metadata_entries, _entry_devices(parsed)):
+            entry = dict(entry)
+            if device is not None and device.metadata_tag in done_tags:
+                entry.pop("replug", None)
+            entries.append(entry)
+        host.set_metadata(uuid, metadata.render(entries), METADATA_NAMESPACE, metadata.PREFIX,
+                          live=True, config=guest.persistent)
+    return results
+
+
+def _entry_devices(parsed: domxml.DomainXML) -> list[domxml.VFDevice | None]:
+    """For each metadata entry, in order, the device that carries its span."""
+    by_tag = {device.metadata_tag: device for device in parsed.devices
+              if device.metadata_tag is not None}
+    return [by_tag.get(tag) for tag in parsed.metadata_spans]
