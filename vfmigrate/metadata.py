@@ -17,7 +17,6 @@ namespace with the prefix ``vfmigrate`` (``virDomainSetMetadata``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from xml.sax.saxutils import quoteattr
 
 from .domxml import DomainXML
 from .pci import PciAddress
@@ -25,6 +24,12 @@ from .pci import PciAddress
 PREFIX = "vfmigrate"
 ENTRY_ATTRIBUTES = ("alias", "mac", "network", "vlan", "address", "device", "guest-address",
                     "bridge", "replug")
+
+
+def quoteattr(value: str) -> str:
+    """An XML attribute value, quoted (xml.sax.saxutils' would import urllib and http)."""
+    escaped = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return '"' + escaped.replace('"', "&quot;") + '"'
 
 
 def render(entries: list[dict[str, str]]) -> str:

@@ -15,10 +15,10 @@ Idempotent: a VF already in the guest is not plugged twice.
 from __future__ import annotations
 
 from collections import namedtuple
-from xml.sax.saxutils import quoteattr
 
 from . import METADATA_NAMESPACE, domxml, metadata
 from .errors import LibvirtFailure, Refused
+from .metadata import quoteattr
 from .pci import PciAddress
 
 

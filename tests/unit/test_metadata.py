@@ -9,7 +9,7 @@ def test_render_quotes_and_orders_attributes():
     element = metadata.render([{"network": "physnet1", "mac": "52:54:00:00:00:01"},
                                {"alias": "ua-x", "network": 'we"ird', "vlan": "7"}])
     assert element == ('<vfs>\n  <vf mac="52:54:00:00:00:01" network="physnet1"/>\n'
-                       '  <vf alias="ua-x" network=\'we"ird\' vlan="7"/>\n</vfs>')
+                       '  <vf alias="ua-x" network="we&quot;ird" vlan="7"/>\n</vfs>')
 
 
 def test_labelled_entries_add_and_correct_labels_keep_others():
