@@ -7,11 +7,33 @@ a run pytest prints one line per tier with its test count and wall time.
 
 from __future__ import annotations
 
-import time
+import os
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 _TESTS = Path(__file__).parent
+REPO = _TESTS.parent
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def build_package(kind: str) -> Path:
+    """``packaging/build deb|rpm`` from this tree; the package's path."""
+    env = dict(os.environ, PATH=SYSTEM_PATH)
+    result = subprocess.run([str(REPO / "packaging/build"), kind], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    path = REPO / result.stdout.strip().splitlines()[-1]
+    assert path.is_file()
+    return path
+
+
+@pytest.fixture(scope="session")
+def built_deb() -> Path:
+    """The .deb of this tree, built once per test session (packaging and lab tiers)."""
+    return build_package("deb")
 _tier_seconds: dict[str, float] = defaultdict(float)
 _tier_counts: dict[str, int] = defaultdict(int)
 

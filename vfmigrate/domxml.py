@@ -9,9 +9,11 @@ A *VF device* is a PCI passthrough device with a host-side source address:
 * ``<interface type='hostdev'>`` with ``<source><address type='pci' …/>``;
 * ``<hostdev mode='subsystem' type='pci'>`` with the same;
 * a *metadata-only VF* (kind ``metadata``): an entry of vfmigrate's own
-  metadata that matches no device above, a VF the guest holds outside its
-  device list (unplugged for a migration, to be plugged again on arrival; or
-  simulated, in the testbed).  Its host address is the entry's ``address``.
+  metadata that matches no device above and holds a VF outside the device
+  list: unplugged for a migration (``replug``), or a testbed's stand-in or
+  simulated VF (``device``).  Its host address is the entry's ``address``.
+  Any other entry without a device is a label left behind by a device since
+  unplugged: it holds nothing.
 
 vfmigrate's metadata labels devices (matched by ``alias``, else ``mac``)::
 
@@ -60,8 +62,9 @@ _NS_VFS = METADATA_NAMESPACE + " vfs"
 # a VF for it: the destination's listener plugs it in).
 REPLUG_STATES = ("on-arrival", "pending")
 # ``device``: how to plug the VF back (``stand-in``: a virtio NIC standing in
-# for a VF in the namespaced testbed; only with ``allow_stand_ins = yes``).
-DEVICE_TYPES = ("interface", "hostdev", "stand-in")
+# for a VF in the namespaced testbed, only with ``allow_stand_ins = yes``;
+# ``simulated``: a testbed VF with no device at all, never plugged).
+DEVICE_TYPES = ("interface", "hostdev", "stand-in", "simulated")
 _NS_VF = METADATA_NAMESPACE + " vf"
 
 
@@ -75,7 +78,8 @@ class VFDevice:
     """A VF device of the guest (see the module docstring for the kinds)."""
 
     __slots__ = ("kind", "alias", "mac", "address", "teaming", "network", "vlan", "replug",
-                 "labelled", "address_tag", "metadata_tag", "metadata_address", "entry")
+                 "labelled", "address_tag", "metadata_tag", "metadata_address", "entry",
+                 "teaming_partner")
 
     def __init__(self, kind: str, *, labelled: bool = False,
                  metadata_tag: Span | None = None) -> None:
@@ -84,6 +88,7 @@ class VFDevice:
         self.mac: str | None = None
         self.address: PciAddress | None = None   # host side
         self.teaming = False
+        self.teaming_partner: str | None = None   # alias of the virtio NIC it is teamed with
         self.network: str | None = None
         self.vlan: int | None = None
         self.replug: str | None = None
@@ -115,7 +120,8 @@ class DomainXML:
     def __init__(self, data: bytes, uuid: str, name: str, devices: list[VFDevice],
                  pci_sources: list[PciAddress],
                  metadata_entries: list[dict[str, str]] | None = None,
-                 metadata_spans: list[Span] | None = None) -> None:
+                 metadata_spans: list[Span] | None = None,
+                 interface_macs: dict[str, str] | None = None) -> None:
         self.data = data
         self.uuid = uuid
         self.name = name
@@ -123,6 +129,7 @@ class DomainXML:
         self.pci_sources = pci_sources
         self.metadata_entries = metadata_entries or []   # validated attributes, in order
         self.metadata_spans = metadata_spans or []       # each entry's start tag, in order
+        self.interface_macs = interface_macs or {}       # alias -> MAC of other interfaces
 
     @property
     def held_addresses(self) -> set[PciAddress]:
@@ -130,6 +137,12 @@ class DomainXML:
         network interface's ``<actual>``) and its metadata-only VFs."""
         return set(self.pci_sources) | {device.address for device in self.devices
                                         if device.kind == "metadata" and device.address}
+
+    def teaming_mac(self, device: VFDevice) -> str | None:
+        """The MAC a teamed VF must have: its virtio partner's (QEMU failover)."""
+        if device.teaming_partner is None:
+            return None
+        return self.interface_macs.get(device.teaming_partner)
 
     @property
     def travelling_devices(self) -> list[VFDevice]:
@@ -189,6 +202,7 @@ class _DomainParser:
         self.devices: list[VFDevice] = []
         self.entries: list[VFDevice] = []
         self.entry_attributes: list[dict[str, str]] = []
+        self.interface_macs: dict[str, str] = {}
         self.pci_sources: list[PciAddress] = []
 
     def run(self) -> DomainXML:
@@ -208,7 +222,8 @@ class _DomainParser:
         return DomainXML(data=self.data, uuid=canonical_uuid(uuid), name=name,
                          devices=self._match_metadata(), pci_sources=self.pci_sources,
                          metadata_entries=self.entry_attributes,
-                         metadata_spans=[entry.metadata_tag for entry in self.entries])
+                         metadata_spans=[entry.metadata_tag for entry in self.entries],
+                         interface_macs=self.interface_macs)
 
     # -- expat callbacks ------------------------------------------------------
 
@@ -234,6 +249,8 @@ class _DomainParser:
         if self.domain_depth is not None and len(self.stack) == self.domain_depth + 1:
             if self.device is not None and self.device_counts:
                 self.devices.append(self.device)
+            elif self.device is not None and self.device.alias and self.device.mac:
+                self.interface_macs[self.device.alias] = self.device.mac
             self.device = None
 
     def text(self, data: str) -> None:
@@ -255,8 +272,9 @@ class _DomainParser:
 
     def _start_device(self, tag: str, attrs: dict[str, str]) -> None:
         kind = attrs.get("type")
-        if tag == "interface" and kind in ("hostdev", "network"):
-            # A network interface is followed only for the VF in its status <actual>.
+        if tag == "interface":
+            # Other interfaces are followed only for the VF in a network interface's
+            # status <actual>, and for the MAC of a teaming partner.
             self.device = VFDevice(kind="interface")
             self.device_counts = kind == "hostdev"
         elif tag == "hostdev" and kind == "pci" and attrs.get("mode", "subsystem") == "subsystem":
@@ -275,6 +293,7 @@ class _DomainParser:
             self.pci_sources.append(_pci_from_attributes(attrs, device))
         elif path == ["teaming"]:
             device.teaming = attrs.get("type") == "transient"
+            device.teaming_partner = attrs.get("persistent")
         elif path == ["alias"]:
             device.alias = attrs.get("name")
         elif path == ["mac"]:
@@ -309,7 +328,11 @@ class _DomainParser:
             if target is None and entry.mac:
                 target = next((d for d in self.devices if d.mac == entry.mac), None)
             if target is None:
-                devices.append(entry)
+                # An entry without a device holds a VF only while it travels (replug) or
+                # when a testbed simulates one; otherwise it is a label left behind by a
+                # device since unplugged, which holds nothing.
+                if entry.replug or entry.entry.get("device") in ("stand-in", "simulated"):
+                    devices.append(entry)
                 continue
             target.labelled = True
             target.network = entry.network

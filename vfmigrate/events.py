@@ -45,6 +45,7 @@ class Event(enum.Enum):
     ATTACHED = "c27ab41d3831412192a38a6595978a8e"       # VF plugged into a guest
     DETACHED = "0ad7ee91f61545498644a1a7aa89a119"       # VF unplugged from a guest
     LISTENER = "4bfacb2dc9984b559e85da0e928e6e08"       # listener started/stopped/reconnected
+    CONFIGURED = "445ed6f424c74e21bd605136cc6a3561"     # VF MAC/VLAN set for a teamed <hostdev>
 
     @property
     def message_id(self) -> str:

@@ -358,7 +358,11 @@ class Listener:
         if kind == libvirt.VIR_DOMAIN_EVENT_STOPPED:
             self.reconcile_guest(uuid, "stopped")
         elif kind == libvirt.VIR_DOMAIN_EVENT_STARTED \
-                and detail != libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED:
+                and detail == libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED:
+            # The incoming QEMU runs; the VF reaches the guest only once it has arrived.
+            self.configure_teamed_hostdevs(uuid)
+        elif kind == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            self.configure_teamed_hostdevs(uuid)
             self.plug_pending_vfs(uuid)
             self.label_guest(uuid)
             self.reconcile_guest(uuid, "started")
@@ -469,6 +473,32 @@ class Listener:
         self.plug_pending_vfs(uuid)
         self.label_guest(uuid)
         self.reconcile_guest(uuid, "arrived")
+
+    def configure_teamed_hostdevs(self, uuid: str) -> None:
+        """Give each teamed ``<hostdev>`` VF its virtio partner's MAC, on its PF.
+
+        libvirt sets the MAC of an ``<interface type='hostdev'>`` itself, not of a
+        plain ``<hostdev>`` (since 7.1 teamable): QEMU failover needs it equal to
+        the virtio NIC's, and on a destination the VF is a different one.
+        """
+        guest = self.host.guest(uuid)
+        if guest is None or b"hostdev" not in guest.xml:
+            return
+        parsed = domxml.parse(guest.xml)
+        inventory = Inventory(self.config.sysfs_root, self.config.networks.values())
+        for device in parsed.devices:
+            mac = parsed.teaming_mac(device) if device.kind == "hostdev" else None
+            vf = inventory.find_vf(device.address) if mac and device.address else None
+            if vf is None:
+                continue
+            if self.vf_netlink.set_mac(vf, mac, device.vlan):
+                event(log, Event.CONFIGURED, "guest %s: VF %s (PF %s vf %d) MAC %s%s for its "
+                      "teamed hostdev", guest.name, vf.address, vf.pf, vf.index, mac,
+                      f", VLAN {device.vlan}" if device.vlan is not None else "",
+                      domain=guest.name, vf=vf.address, network=vf.network)
+            else:
+                log.warning("guest %s: teamed hostdev VF %s needs MAC %s, which vf_reset = none "
+                            "leaves to the admin", guest.name, vf.address, mac)
 
     def plug_pending_vfs(self, uuid: str) -> None:
         """Plug in the VFs a guest arrived without (``vfmigrate migrate``)."""

@@ -62,6 +62,9 @@ class NoReset:
     def reset(self, vf) -> None:
         return None   # "not reset", as opposed to a list of unsupported settings
 
+    def set_mac(self, vf, mac: str, vlan: int | None = None) -> bool:
+        return False  # not set
+
 
 def vf_resetter(config: Config):
     """What resets released VFs on this host: netlink on the PF, or nothing."""

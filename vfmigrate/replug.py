@@ -48,6 +48,8 @@ def device_xml(entry: dict[str, str], address: PciAddress, *, domain: str,
     source = f"<source><address type='pci' {source_attrs}/></source>"
     if kind == "hostdev":
         return f"<hostdev mode='subsystem' type='pci' managed='yes'>{source}{guest}</hostdev>"
+    if kind == "simulated":
+        raise StandInsNotAllowed(domain=domain, mac=entry.get("mac"))
     if kind == "stand-in":
         if not allow_stand_ins:
             raise StandInsNotAllowed(domain=domain, mac=entry.get("mac"))

@@ -71,11 +71,13 @@ class VFNetlink:
                     unsupported.append(name)
         return unsupported
 
-    def set_mac(self, vf: VF, mac: str, vlan: int | None = None) -> None:
+    def set_mac(self, vf: VF, mac: str, vlan: int | None = None) -> bool:
+        """Give the VF a MAC (and VLAN) through its PF; True once done."""
         with self._session(vf) as (iproute, index):
             self._set(iproute, index, vf, "mac", {"mac": mac})
             if vlan is not None:
                 self._set(iproute, index, vf, "vlan", {"vlan": vlan})
+        return True
 
     # -- netlink ------------------------------------------------------------
 

@@ -192,7 +192,8 @@ def guest_mac_for(name: str) -> str:
 def with_simulated_vf(xml: str, vf: PciAddress, mac: str, network: str = NETWORK) -> str:
     """Add vfmigrate metadata declaring a VF the guest holds (see the module docstring)."""
     element = (f"<metadata><vfmigrate:vfs xmlns:vfmigrate='{METADATA_NAMESPACE}'>"
-               f"<vfmigrate:vf mac='{mac}' network='{network}' address='{vf}'/>"
+               f"<vfmigrate:vf mac='{mac}' network='{network}' address='{vf}' "
+               f"device='simulated'/>"
                f"</vfmigrate:vfs></metadata>")
     name_end = xml.index("</name>") + len("</name>")
     return xml[:name_end] + element + xml[name_end:]

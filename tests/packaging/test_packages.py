@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import build_package
+
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 VERSION = re.search(r'__version__ = "(.*)"', (REPO / "vfmigrate/__init__.py").read_text()).group(1)
@@ -58,22 +60,14 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, env=env, **kwargs)
 
 
-def build(kind: str) -> Path:
-    result = run([str(REPO / "packaging/build"), kind], cwd=REPO, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    path = REPO / result.stdout.strip().splitlines()[-1]
-    assert path.is_file()
-    return path
-
-
 @pytest.fixture(scope="module")
-def deb() -> Path:
-    return build("deb")
+def deb(built_deb) -> Path:
+    return built_deb
 
 
 @pytest.fixture(scope="module")
 def rpm() -> Path:
-    return build("rpm")
+    return build_package("rpm")
 
 
 @pytest.fixture(scope="module")

@@ -236,12 +236,14 @@ def test_hostdev_teaming_is_rewritten(host):
     assert (device.kind, str(device.address)) == ("hostdev", str(host.physnet1_vfs[0]))
 
 
-def test_detached_metadata_vfs_are_claimed_and_their_address_rewritten(host):
+def test_metadata_only_vfs_are_claimed_and_their_address_rewritten(host):
     from vfmigrate import METADATA_NAMESPACE
     xml = plain_guest("batch").replace(b"<memory", (
         f"<metadata><v:vfs xmlns:v='{METADATA_NAMESPACE}'>"
-        f"<v:vf mac='52:54:00:00:00:aa' network='physnet2' address='{SOURCE_VF}' replug='on-arrival'/>"
-        f"<v:vf mac='52:54:00:00:00:bb' network='physnet1'/>"
+        f"<v:vf mac='52:54:00:00:00:aa' network='physnet2' address='{SOURCE_VF}' "
+        f"replug='on-arrival' device='interface'/>"
+        f"<v:vf mac='52:54:00:00:00:bb' network='physnet1' device='simulated'/>"
+        f"<v:vf mac='52:54:00:00:00:cc' network='physnet1' address='{SOURCE_VF}'/>"
         f"</v:vfs></metadata><memory").encode())
     result = host.hook("migrate", xml)
     assert result.code == 0, result.stderr
@@ -249,6 +251,7 @@ def test_detached_metadata_vfs_are_claimed_and_their_address_rewritten(host):
     assert [(d.kind, str(d.address), d.replug) for d in devices] == [
         ("metadata", str(host.physnet2_vfs[0]), "pending"),   # the listener plugs it in
         ("metadata", str(host.physnet1_vfs[0]), None)]
+    # The third entry is a label its unplugged device left behind: it holds nothing.
     assert sorted(c.network for c in host.live_claims()) == ["physnet1", "physnet2"]
 
 

@@ -153,3 +153,35 @@ def test_malformed_work_is_logged_not_fatal(host, listener_run):
     domain = connection.defineXML(hostdev_guest("vfguest", host.physnet1_vfs[1]))
     domain.create()
     wait_for(lambda: len(host.live_claims()) == 1, what="listener still alive")
+
+
+def teamed_hostdev_guest(name: str, vf) -> str:
+    pci = vf.xml_attributes()
+    return f"""<domain type='test'>
+  <name>{name}</name>
+  <memory unit='KiB'>65536</memory>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <interface type='bridge'>
+      <mac address='52:54:00:ab:cd:ef'/><source bridge='br0'/><model type='virtio'/>
+      <teaming type='persistent'/><alias name='ua-net0'/>
+    </interface>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='{pci["domain"]}' bus='{pci["bus"]}' slot='{pci["slot"]}'
+        function='{pci["function"]}'/></source>
+      <teaming type='transient' persistent='ua-net0'/>
+    </hostdev>
+  </devices>
+</domain>"""
+
+
+def test_teamed_hostdev_vf_gets_its_partners_mac(host, listener_run):
+    listener, connection, sent, notified, netlink_calls, udev = listener_run
+    vf = host.physnet1_vfs[6]
+    domain = connection.defineXML(teamed_hostdev_guest("vfguest", vf))
+    domain.create()
+    wait_for(lambda: any(e.get("MESSAGE_ID") == Event.CONFIGURED.message_id for e in sent),
+             what="the MAC to be set")
+    assert ("set", 7, {"vf": 6, "mac": "52:54:00:ab:cd:ef"}) in netlink_calls
+    configured = next(e for e in sent if e.get("MESSAGE_ID") == Event.CONFIGURED.message_id)
+    assert configured["VFMIGRATE_VF"] == str(vf)

@@ -151,3 +151,18 @@ def test_dry_run_changes_nothing(host, reconciler, netlink_calls):
     assert [c.event for c in corrections] == [Event.CORRECTED]
     assert host.live_claims() == before
     assert netlink_calls == []
+
+
+def test_unplugged_vf_with_its_label_left_behind_is_released(host, reconciler):
+    first, second = host.physnet1_vfs[1], host.physnet1_vfs[2]
+    host.hook("start", teaming_guest("g", [str(first), str(second)],
+                                     networks=["physnet1", "physnet1"]), domain="g")
+    # The admin unplugged ua-vf1: its metadata label (with its address) stays behind.
+    after = teaming_guest("g", [str(first)], networks=["physnet1"]).replace(
+        b"</vfmigrate:vfs>",
+        f"<vfmigrate:vf alias='ua-vf1' network='physnet1' address='{second}'/>"
+        "</vfmigrate:vfs>".encode())
+    corrections = reconciler().reconcile([Guest(guest_uuid("g"), "g", True, after)])
+    assert [(str(c.vf), c.detail) for c in corrections if c.event is Event.CORRECTED] == [
+        (str(second), "the guest no longer holds this VF")]
+    assert [str(c.vf) for c in host.live_claims()] == [str(first)]
