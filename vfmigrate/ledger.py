@@ -85,15 +85,29 @@ class Ledger:
         except sqlite3.Error as error:
             raise self._translate(error) from None
         try:
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._ensure_schema()
-        except sqlite3.Error as error:
-            self._db.close()
-            raise self._translate(error) from None
-        except LedgerError:
+            self._set_up(deadline=time.monotonic() + lock_timeout)
+        except BaseException:
             self._db.close()
             raise
+
+    def _set_up(self, deadline: float) -> None:
+        """WAL mode and the schema.  A new ledger that several hooks open at once can
+        answer SQLITE_BUSY straight away, without the busy timeout (switching to WAL
+        takes an exclusive lock): retry until the lock timeout."""
+        while True:
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._ensure_schema()
+                return
+            except sqlite3.Error as error:
+                failure = self._translate(error)
+            except LedgerBusy as busy:
+                failure = busy
+            if not isinstance(failure, LedgerBusy) or time.monotonic() >= deadline:
+                raise failure
+            time.sleep(0.02)
 
     def close(self) -> None:
         self._db.close()

@@ -93,14 +93,16 @@ def plug_pending(host, uuid: str, *, allow_stand_ins: bool) -> list[Plugged]:
                 host.attach_device(uuid, xml, live=True, config=guest.persistent)
                 detail = "plugged at its guest PCI address" if "guest-address" in device.entry \
                     else "plugged"
-            except LibvirtFailure:
+            except LibvirtFailure as at_old_address:
                 if "guest-address" not in device.entry:
                     raise
-                # Its old guest PCI address is taken here: let libvirt choose one.
+                # Its old guest PCI address is taken here (live, or in the saved
+                # definition): let libvirt choose one.
                 xml = device_xml(device.entry, device.address, domain=guest.name,
                                  allow_stand_ins=allow_stand_ins, guest_address=False)
                 host.attach_device(uuid, xml, live=True, config=guest.persistent)
-                detail = "plugged at a new guest PCI address (the old one is taken)"
+                detail = ("plugged at a new guest PCI address (at its old one: "
+                          f"{' '.join(str(at_old_address).split())})")
         except (LibvirtFailure, StandInsNotAllowed) as error:
             results.append(Plugged(device.mac, device.address, device.entry.get("device"),
                                    str(error), False))

@@ -13,9 +13,9 @@ Artifacts, all cached under ``$VFMIGRATE_LAB_CACHE`` (default ``/var/cache/vfmig
 each in a directory named after a hash of its inputs (package names + candidate versions +
 the source of the function that builds it + the files it copies), rebuilt when those change:
 
-* :func:`outer_qemu` -> :class:`OuterQemu`  (``qemu-<key>/``, ~15 s cold)
+* :func:`outer_qemu` -> :class:`OuterQemu`  (``qemu-<key>/``, ~5 s cold)
 * :func:`l1_image`   -> :class:`L1Image`    (``l1-<key>/``: raw ext4 root, kernel, initrd,
-  ssh client key, known_hosts, manifest, L2 kernel + modules; a few minutes cold)
+  ssh client key, known_hosts, manifest, L2 kernel + modules; ~2.5 min cold)
 * :func:`l2_assets`  -> :class:`L2Assets`   (``l2-<key>/``: L2 kernel + busybox initramfs;
   seconds)
 
@@ -38,6 +38,11 @@ Network of a two-host lab (all emulated, nothing leaves the machine):
   ``lab-a``/``lab-b`` in /etc/hosts, libvirtd on TCP 16509 with ``auth_tcp = "none"``.
 * "physical" segment: the two igb PFs joined by a ``dgram`` pair; ``br0`` (PF enslaved) has
   198.51.100.<i>/24.  L2 guests use 198.51.100.10+.
+
+L2 guests: :func:`l2_domain_xml` (q35, ``<acpi/>`` — without it libvirt passes ``-no-acpi``
+and the failover VF never reaches the guest), :meth:`L1Host.start_l2`,
+:meth:`L1Host.wait_l2` / :meth:`L1Host.l2_reports` (parsed ``LAB-L2`` console lines, see
+``l2/init``).  Run one L2 guest at a time: TCG in TCG is the bottleneck.
 
 Errors raise :class:`LabError` subclasses carrying fields.  Commands are argv lists, never
 shell strings (commands sent over ssh are quoted with :func:`shlex.join`).  Each process the
@@ -106,6 +111,15 @@ class BootTimeout(LabError):
 
 
 # --------------------------------------------------------------------------- helpers
+def wait(predicate, timeout: float, what: str, poll: float = 2.0) -> None:
+    """Poll ``predicate()`` until true; LabError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
 @contextlib.contextmanager
 def phase(name: str) -> Iterator[None]:
     """Time a phase into :data:`TIMINGS` and the log."""
@@ -141,14 +155,6 @@ def _hash(*parts: object) -> str:
     for p in parts:
         h.update(repr(p).encode())
         h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
-def _tree_hash(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -398,7 +404,8 @@ def l1_image(qemu: OuterQemu | None = None) -> L1Image:
     """Build (or reuse) the L1 root image with mmdebstrap from the machine's apt source."""
     apt_ready()
     versions = candidate_versions(L1_PACKAGES)
-    key = _hash(versions, inspect.getsource(l1_image), _FSTAB, _INIT_UNIT, _QEMU_CONF,
+    key = _hash(versions, inspect.getsource(l1_image), inspect.getsource(_customize_l1),
+                _FSTAB, _INIT_UNIT, _QEMU_CONF,
                 _LIBVIRTD_CONF, _SSHD_CONF, L1_MASKED_UNITS, L1_IMAGE_SIZE)
     final = CACHE / f"l1-{key}"
     if (final / ".complete").exists():
@@ -450,7 +457,6 @@ def _customize_l1(root: Path, out: Path) -> None:
         (root / d).mkdir(parents=True, exist_ok=True)
     write("etc/modules-load.d/vfmigrate-lab.conf", "9p\n9pnet_virtio\nvfio-pci\nbridge\n")
     write("etc/systemd/system/vfmigrate-lab-init.service", _INIT_UNIT)
-    write("etc/libvirt/qemu.conf.d/lab.conf", _QEMU_CONF)  # not read by 9.0: see below
     with (root / "etc/libvirt/qemu.conf").open("a") as f:
         f.write("\n" + _QEMU_CONF)
     with (root / "etc/libvirt/libvirtd.conf").open("a") as f:
@@ -598,6 +604,9 @@ class Ports:
 
 
 HOST_NAMES = ("a", "b")
+#: L1 CPU model.  ``max`` (AVX2 & co under TCG) made every L2 phase ~2x slower, and 2 of 3
+#: migrations with it corrupted the guest; Westmere (SSE4.2, no AVX) did neither.
+L1_CPU = "Westmere"
 
 
 class L1Host:
@@ -607,13 +616,14 @@ class L1Host:
 
     def __init__(self, index: int, *, qemu: OuterQemu, image: L1Image, l2: L2Assets,
                  workdir: Path, ports: Ports, numvfs: int = 2, memory_mb: int = 2048,
-                 payload: Path | None = None, smp: int = 1):
+                 payload: Path | None = None, smp: int = 2, cpu: str = L1_CPU):
         if memory_mb > 2048:
             raise LabError("L1 memory above 2 GB breaks igb VF BARs in QEMU 10.0.2 (FACTS)")
         self.index, self.name = index, f"lab-{HOST_NAMES[index - 1]}"
         self.qemu, self.image, self.l2 = qemu, image, l2
         self.workdir = workdir / self.name
         self.ports, self.numvfs, self.memory_mb, self.smp = ports, numvfs, memory_mb, smp
+        self.cpu = cpu
         self.payload = payload or self.workdir / "payload"
         self.proc: subprocess.Popen | None = None
         self.booted_at: float | None = None
@@ -649,7 +659,7 @@ class L1Host:
         return [
             str(self.qemu.system), *self.qemu.firmware_args(),
             "-name", self.name, "-nodefaults", "-no-user-config", "-display", "none",
-            "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", str(self.smp),
+            "-machine", "q35,accel=tcg", "-cpu", self.cpu, "-smp", str(self.smp),
             "-m", str(self.memory_mb),
             "-device", "intel-iommu,caching-mode=on",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
@@ -720,7 +730,8 @@ class L1Host:
             time.sleep(2)
         return time.monotonic() - (self.booted_at or 0)
 
-    def _ssh_base(self, connect_timeout: float = 10) -> list[str]:
+    def ssh_argv(self, connect_timeout: float = 10) -> list[str]:
+        """ssh argv (multiplexed, pinned host key) to root@L1; append ``--`` and a command."""
         return ["ssh", "-F", "/dev/null", "-i", str(self.image.ssh_key),
                 "-o", f"UserKnownHostsFile={self.image.known_hosts}",
                 "-o", "HostKeyAlias=vfmigrate-lab-l1", "-o", "StrictHostKeyChecking=yes",
@@ -734,7 +745,7 @@ class L1Host:
             ) -> subprocess.CompletedProcess:
         """Run argv in L1 as root (over ssh); raise CommandFailed with where=<host>."""
         remote = shlex.join([os.fspath(a) for a in argv])
-        full = self._ssh_base(connect_timeout) + ["--", remote]
+        full = self.ssh_argv(connect_timeout) + ["--", remote]
         text = not isinstance(input, bytes)
         try:
             proc = subprocess.run(full, capture_output=True, text=text, input=input,
@@ -801,7 +812,7 @@ class L1Host:
     def stop(self, timeout: float = 30) -> None:
         """Stop this host's QEMU (by its PID) and its ssh master."""
         with contextlib.suppress(Exception):
-            run(self._ssh_base()[:-1] + ["-O", "exit", "root@127.0.0.1"], timeout=10,
+            run(self.ssh_argv()[:-1] + ["-O", "exit", "root@127.0.0.1"], timeout=10,
                 check=False)
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -823,13 +834,16 @@ def l2_domain_xml(name: str, *, mac: str, vf_pci: str | None = None,
                   memory_mib: int = 256, interval: int = 5, spare_root_ports: int = 3,
                   machine: str = "q35", kernel: str = "/mnt/l2/vmlinuz",
                   initrd: str = "/mnt/l2/initrd.gz", extra_cmdline: Sequence[str] = (),
-                  qemu_args: Sequence[str] = ()) -> str:
+                  qemu_args: Sequence[str] = (), vhost: bool = False) -> str:
     """libvirt XML of an L2 guest (TCG, q35, kernel + initramfs from /mnt/l2).
 
     mode: ``hostdev`` = only ``<interface type='hostdev' managed='yes'>`` on ``vf_pci``;
     ``failover`` = that VF with ``<teaming type='transient' persistent='ua-net0'/>`` plus a
     virtio ``<interface type='bridge'>`` on br0 with ``<teaming type='persistent'/>`` and
-    alias ``ua-net0`` (same MAC); ``virtio`` = only the virtio interface.
+    alias ``ua-net0`` (same MAC); ``hostdev-failover`` = the same pair with a plain
+    ``<hostdev mode='subsystem' type='pci'>`` as the VF (libvirt >= 7.1; libvirt does not
+    set its MAC); ``virtio`` = only the virtio interface.
+    ``vhost=False`` writes ``<driver name='qemu'/>`` on the virtio interface (no vhost-net).
     The console goes to ``/var/log/vfmigrate-lab/<name>.console`` in L1."""
     import xml.etree.ElementTree as ET
 
@@ -863,25 +877,30 @@ def l2_domain_xml(name: str, *, mac: str, vf_pci: str | None = None,
     sub(devs, "controller", type="pci", index="0", model="pcie-root")
     for _ in range(spare_root_ports):
         sub(devs, "controller", type="pci", model="pcie-root-port")
-    if mode in ("failover", "virtio"):
+    if mode in ("failover", "hostdev-failover", "virtio"):
         i = sub(devs, "interface", type="bridge")
         sub(i, "mac", address=mac)
         sub(i, "source", bridge="br0")
         sub(i, "model", type="virtio")
+        if not vhost:  # userspace virtio-net: every guest-memory write is dirty-logged by QEMU
+            sub(i, "driver", name="qemu")
         sub(i, "rom", enabled="no")
-        if mode == "failover":
+        if mode in ("failover", "hostdev-failover"):
             sub(i, "teaming", type="persistent")
             sub(i, "alias", name="ua-net0")
+    if mode == "hostdev-failover":
+        if vf_pci is None:
+            raise LabError("a hostdev-failover guest needs vf_pci")
+        h = sub(devs, "hostdev", mode="subsystem", type="pci", managed="yes")
+        sub(sub(h, "source"), "address", **_pci_attributes(vf_pci))
+        sub(h, "rom", bar="off")
+        sub(h, "teaming", type="transient", persistent="ua-net0")
     if mode in ("failover", "hostdev"):
         if vf_pci is None:
             raise LabError("a hostdev/failover guest needs vf_pci")
-        dom_, bus, slot_fn = vf_pci.split(":")
-        slot, fn = slot_fn.split(".")
         i = sub(devs, "interface", type="hostdev", managed="yes")
         sub(i, "mac", address=mac)
-        src = sub(i, "source")
-        sub(src, "address", type="pci", domain=f"0x{dom_}", bus=f"0x{bus}",
-            slot=f"0x{slot}", function=f"0x{fn}")
+        sub(sub(i, "source"), "address", type="pci", **_pci_attributes(vf_pci))
         sub(i, "rom", bar="off")
         if mode == "failover":
             sub(i, "teaming", type="transient", persistent="ua-net0")
@@ -896,6 +915,14 @@ def l2_domain_xml(name: str, *, mac: str, vf_pci: str | None = None,
             ET.SubElement(cl, f"{{{ns}}}arg", value=a)
         ET.register_namespace("qemu", ns)
     return ET.tostring(dom, encoding="unicode")
+
+
+def _pci_attributes(pci: str) -> dict[str, str]:
+    """``DDDD:BB:SS.F`` as libvirt's address attributes."""
+    domain, bus, slot_function = pci.split(":")
+    slot, function = slot_function.split(".")
+    return {"domain": f"0x{domain}", "bus": f"0x{bus}", "slot": f"0x{slot}",
+            "function": f"0x{function}"}
 
 
 def parse_l2_report(line: str) -> dict:
@@ -916,7 +943,8 @@ class Lab:
     Use as a context manager; hosts are stopped on exit.  ``hosts[0]`` is lab-a."""
 
     def __init__(self, nhosts: int = 2, *, workdir: Path | None = None,
-                 payloads: Sequence[Path | None] = (), numvfs: int = 2, smp: int = 1):
+                 payloads: Sequence[Path | None] = (), numvfs: int = 2, smp: int = 2,
+                 cpu: str = L1_CPU):
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="vfmigrate-lab-"))
         with phase("cache-outer-qemu"):
             self.qemu = outer_qemu()
@@ -928,7 +956,7 @@ class Lab:
         payloads = list(payloads) + [None] * nhosts
         self.hosts = [L1Host(i + 1, qemu=self.qemu, image=self.image, l2=self.l2,
                              workdir=self.workdir, ports=ports, payload=payloads[i],
-                             numvfs=numvfs, smp=smp) for i in range(nhosts)]
+                             numvfs=numvfs, smp=smp, cpu=cpu) for i in range(nhosts)]
 
     def __enter__(self) -> "Lab":
         return self
@@ -974,7 +1002,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Lab(args.hosts, workdir=args.workdir, payloads=args.payload) as lab:
             lab.boot()
             for h in lab.hosts:
-                print(f"{h.name}: ssh {shlex.join(h._ssh_base())}")
+                print(f"{h.name}: ssh {shlex.join(h.ssh_argv())}")
             print(json.dumps(TIMINGS, indent=1))
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()

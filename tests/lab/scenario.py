@@ -1,0 +1,136 @@
+"""The SR-IOV lab's scenarios' shared pieces: hosts set up with vfmigrate, L2
+guests booted, what a host's ledger, journal and PF say (tests and demo)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import lab
+
+FO_MAC = "52:54:00:2a:00:10"      # <interface type='hostdev'> + <teaming>
+HFO_MAC = "52:54:00:2a:00:30"     # plain <hostdev> + <teaming>
+PLAIN_MAC = "52:54:00:2a:00:20"   # <interface type='hostdev'>, no teaming
+GUEST_IP = "198.51.100.10/24"
+LAB_A, LAB_B = "198.51.100.1", "198.51.100.2"
+URI_B, URI_A = "qemu+tcp://lab-b/system", "qemu+tcp://lab-a/system"
+
+
+def config(pf: str, deny: str = "") -> str:
+    return (f"[vfmigrate]\nreservation_timeout = 600\n\n[network physnet1]\npfs = {pf}\n"
+            + (f"deny_vfs = {deny}\n" if deny else ""))
+
+
+def claims(host) -> list[tuple[str, str, str]]:
+    data = json.loads(host.run(["vfmigrate", "status", "--json"]).stdout)
+    return sorted((vf["domain_name"], vf["address"], vf["state"])
+                  for network in data["networks"] for pf in network["pfs"] for vf in pf["vfs"]
+                  if vf["state"] != "free")
+
+
+def journal(host, action: str) -> list[dict]:
+    output = host.run(["journalctl", "-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=vfmigrate",
+                       f"VFMIGRATE_ACTION={action}"], check=False).stdout
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def vf_settings(host, index: int) -> str:
+    """The ``vf N`` line of ``ip link show PF``: MAC, VLAN, spoof checking, trust."""
+    output = host.run(["ip", "link", "show", host.pf]).stdout
+    return next(line.strip() for line in output.splitlines()
+                if line.strip().startswith(f"vf {index} "))
+
+
+def hostdev_source(host, guest: str) -> str:
+    root = ElementTree.fromstring(host.virsh("dumpxml", guest).stdout)
+    for path in ("devices/interface[@type='hostdev']/source/address",
+                 "devices/hostdev/source/address"):
+        address = root.find(path)
+        if address is not None:
+            return (f"{int(address.get('domain'), 16):04x}:{int(address.get('bus'), 16):02x}:"
+                    f"{int(address.get('slot'), 16):02x}.{int(address.get('function'), 16):x}")
+    raise AssertionError(f"guest {guest} has no hostdev")
+
+
+def vf_alias(host, guest: str) -> str | None:
+    root = ElementTree.fromstring(host.virsh("dumpxml", guest).stdout)
+    alias = root.find("devices/interface[@type='hostdev']/alias")
+    return alias.get("name") if alias is not None else None
+
+
+def failover_up(report: dict, peer: str, mac: str) -> bool:
+    master = report.get("master")
+    slaves = {i["driver"]: i["mac"] for i in report["ifaces"] if i["master"] == master}
+    return (master not in (None, "-") and slaves.get("igbvf") == mac
+            and "virtio_net" in slaves and report["ping"].get(peer) == "ok")
+
+
+def vf_up(report: dict, peer: str, mac: str) -> bool:
+    return any(i["driver"] == "igbvf" and i["mac"] == mac for i in report["ifaces"]) \
+        and report["ping"].get(peer) == "ok"
+
+
+def latest_report_after(host, guest: str, since: float, predicate, timeout: float) -> dict:
+    """A report from the guest's console newer than ``since`` (its uptime) that matches."""
+    return host.wait_l2(guest, lambda r: float(r["up"]) > since and predicate(r),
+                        timeout=timeout)
+
+
+def boot_guest(host, name: str, mac: str, vf: str, mode: str, ready) -> float:
+    """Start an L2 guest and wait until ``ready(report)``; the seconds it took."""
+    started = time.monotonic()
+    host.start_l2(name, lab.l2_domain_xml(name, mac=mac, vf_pci=vf, mode=mode, ip=GUEST_IP))
+    host.wait_l2(name, ready, timeout=1800)
+    return time.monotonic() - started
+
+
+def guest_uptime(host, guest: str) -> float:
+    reports = host.l2_reports(guest)
+    return float(reports[-1]["up"]) if reports else 0.0
+
+
+def vf_holder_xml(name: str, vfs: list[str]) -> str:
+    """A guest that only holds ``vfs`` (no OS: SeaBIOS finds nothing to boot and waits)."""
+    def address(vf: str) -> str:
+        return " ".join(f"{key}='{value}'" for key, value in lab._pci_attributes(vf).items())
+
+    interfaces = "".join(
+        f"<interface type='hostdev' managed='yes'><mac address='52:54:00:2a:01:{index:02x}'/>"
+        f"<source><address type='pci' {address(vf)}/></source><rom bar='off'/></interface>"
+        for index, vf in enumerate(vfs))
+    return (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
+            "<os><type arch='x86_64' machine='q35'>hvm</type></os>"
+            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+            f"<memballoon model='none'/>{interfaces}</devices></domain>")
+
+
+@contextmanager
+def vfmigrate_lab(deb: Path, work: Path) -> Iterator[tuple[lab.L1Host, lab.L1Host]]:
+    """lab-a and lab-b booted with ``deb`` installed, physnet1 on their igb PF (lab-b
+    denies its first VF), listeners restarted on that config; stopped on exit."""
+    payloads = []
+    for name in ("a", "b"):
+        payload = work / f"payload-{name}"
+        payload.mkdir(parents=True, exist_ok=True)
+        shutil.copy(deb, payload)
+        payloads.append(payload)
+    with lab.Lab(2, workdir=work / "hosts", payloads=payloads) as the_lab:
+        the_lab.boot(timeout=900)
+        a, b = the_lab.hosts
+        for host, deny_first in ((a, False), (b, True)):
+            status = host.status()
+            if status["payload"].get("installed") != ["vfmigrate"]:
+                raise lab.LabError(f"{host.name}: vfmigrate not installed: {status['payload']}")
+            host.vfs = [vf["pci"] for vf in status["vfs"]]
+            host.pf = status["pf"]["netdev"]
+            host.put(config(host.pf, host.vfs[0] if deny_first else ""),
+                     "/etc/vfmigrate/vfmigrate.conf")
+            host.run(["systemctl", "restart", "vfmigrate-listener"])
+            host.run(["mkdir", "-p", lab.L2_SERIAL_DIR])   # guests' consoles, on both hosts
+            host.virsh("version", timeout=180)
+        yield a, b

@@ -1,0 +1,222 @@
+"""SR-IOV lab tier: real VFs (QEMU's igb), real vfio, real failover, the installed .deb.
+
+Two L1 hosts (lab-a, lab-b; see lab.py) boot with vfmigrate installed from the
+.deb this tree builds (the payload share: the cached image is not rebuilt),
+each with 2 VFs of its igb PF on network ``physnet1``.  lab-b denies its first
+VF, so a guest holding lab-a's first VF must land on a *different* address.
+Everything inside L1 is what an admin runs: ``virsh migrate --live`` with no
+extra flags, ``vfmigrate migrate``, the packaged listener and hook.
+
+L2 guests run one at a time (TCG in TCG; each takes minutes to boot); the
+tests share the hosts and run in order.  Figures (boot, migration, time
+without a VF) are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from . import lab
+from .scenario import (FO_MAC, HFO_MAC, LAB_A, LAB_B, PLAIN_MAC, URI_A, URI_B, boot_guest,
+                       claims, failover_up, guest_uptime, hostdev_source, journal,
+                       latest_report_after, vf_alias, vf_holder_xml, vf_settings, vf_up,
+                       vfmigrate_lab)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+
+FIGURES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def hosts(built_deb, tmp_path_factory):
+    started = time.monotonic()
+    with vfmigrate_lab(built_deb, tmp_path_factory.mktemp("lab")) as (a, b):
+        FIGURES["L1 hosts booted and configured (s)"] = time.monotonic() - started
+        yield a, b
+        print("\nSR-IOV lab figures:")
+        for what, seconds in FIGURES.items():
+            print(f"  {what}: {seconds:.1f}")
+        print(f"  phases: {json.dumps(lab.TIMINGS)}")
+
+
+def test_teamed_vf_migrates_with_plain_virsh_migrate(hosts):
+    a, b = hosts
+    destroy_guests(a, b)
+    FIGURES["L2 fo (failover) booted to ping (s)"] = boot_guest(
+        a, "fo", FO_MAC, a.vfs[0], "failover", lambda r: failover_up(r, LAB_B, FO_MAC))
+    assert claims(a) == [("fo", a.vfs[0], "active")]
+    a.run(["ip", "link", "set", a.pf, "vf", "0", "trust", "on"])   # the reset must undo it
+
+    # No free VF on lab-b (its second VF is reserved for a guest still arriving; the first
+    # is denied): refused with vfmigrate's message, before QEMU unplugs anything.
+    b.run(["python3", "-c", "import sys\nfrom vfmigrate.ledger import Ledger, INCOMING\n"
+           "from vfmigrate.pci import PciAddress\n"
+           "with Ledger('/var/lib/vfmigrate/ledger.sqlite3') as l, l.transaction():\n"
+           "    l.add(vf=PciAddress.parse(sys.argv[1]), network='physnet1', domain_uuid="
+           "'00000000-0000-4000-8000-00000000beef', domain_name='arriving', state=INCOMING, "
+           "reason='test: another migration')", b.vfs[1]])
+    refused = a.virsh("migrate", "--live", "fo", URI_B, timeout=600, check=False)
+    assert refused.returncode != 0
+    assert "vfmigrate: no free VF in network 'physnet1' on this host (1 VFs, 1 claimed or " \
+           "in use)" in refused.stderr
+    assert a.virsh("domstate", "fo").stdout.strip() == "running"
+    since = guest_uptime(a, "fo")
+    latest_report_after(a, "fo", since, lambda r: failover_up(r, LAB_B, FO_MAC), 600)
+    assert claims(a) == [("fo", a.vfs[0], "active")]
+    b.run(["vfmigrate", "reconcile"])   # the reservation is young: kept
+    b.run(["python3", "-c", "from vfmigrate.ledger import Ledger, RELEASED\n"
+           "with Ledger('/var/lib/vfmigrate/ledger.sqlite3') as l, l.transaction():\n"
+           "    l.set_state([c for c in l.live_claims() if c.domain_name == 'arriving'], "
+           "RELEASED, 'test: done')"])
+
+    # The plain migration: lab-b's hook picks its own VF, QEMU plugs it after the switch.
+    migrated, reachable = virsh_migrate_to_b(a, b, "fo", lambda r: failover_up(r, LAB_A, FO_MAC))
+    FIGURES["virsh migrate --live of fo (s)"] = migrated
+    FIGURES["fo: migration start to ping through lab-b's VF (s)"] = reachable
+    assert claims(b) == [("fo", b.vfs[1], "active")]
+    lab.wait(lambda: claims(a) == [], 120, "lab-a to release its VF")
+    lab.wait(lambda: journal(a, "reset"), 120, "lab-a's listener to reset the VF")
+    settings = vf_settings(a, 0)
+    assert "link/ether 00:00:00:00:00:00" in settings and "trust off" in settings, settings
+    assert "vlan" not in settings and "spoof checking on" in settings, settings
+    assert [e["VFMIGRATE_VF"] for e in journal(b, "reserved")] == [b.vfs[1]]
+    assert [e["VFMIGRATE_VF"] for e in journal(a, "released")] == [a.vfs[0]]
+    assert journal(a, "migrated")[0]["VFMIGRATE_DIRECTION"] == "out"
+
+    # A migration back that fails after the unplug (lab-a's QEMU killed once memory is being
+    # transferred, which QEMU starts only after the guest let go of the VF; the bandwidth
+    # cap keeps the transfer going for a while): the guest gets its VF back on lab-b and
+    # nothing is left on lab-a.
+    a.run(["setsid", "-f", "sh", "-c", "exec virsh -c qemu+tcp://lab-b/system migrate --live "
+           "--bandwidth 4 fo qemu+tcp://lab-a/system > /tmp/back.log 2>&1"])
+    lab.wait(lambda: memory_processed(b, "fo") > 0, 600, "lab-b to start sending memory")
+    a.run(["sh", "-c", "kill -9 $(cat /run/libvirt/qemu/fo.pid)"])
+    lab.wait(lambda: "error" in a.run(["cat", "/tmp/back.log"]).stdout, 600,
+             "the migration to fail")
+    assert b.virsh("domstate", "fo").stdout.strip() == "running"
+    since = guest_uptime(b, "fo")
+    latest_report_after(b, "fo", since, lambda r: failover_up(r, LAB_A, FO_MAC), 900)
+    assert claims(b) == [("fo", b.vfs[1], "active")]
+    lab.wait(lambda: claims(a) == [], 120, "lab-a to hold no claim")
+
+
+def destroy_guests(*hosts) -> None:
+    """Stop the guests an earlier test left running (the hosts are shared); wait until
+    every host's listener has released their VFs."""
+    for host in hosts:
+        for name in host.virsh("list", "--name").stdout.split():
+            host.virsh("destroy", name)
+    for host in hosts:
+        lab.wait(lambda: claims(host) == [], 120, f"{host.name} to release every VF")
+
+
+def virsh_migrate_to_b(a, b, guest: str, ready) -> tuple[float, float]:
+    """``virsh migrate --live`` from lab-a to lab-b, which must give the guest its own
+    second VF; seconds until the command returned and until ``ready(report)`` on lab-b."""
+    started = time.monotonic()
+    a.virsh("migrate", "--live", guest, URI_B, timeout=1200)
+    migrated = time.monotonic() - started
+    assert hostdev_source(b, guest) == b.vfs[1] != a.vfs[0]
+    latest_report_after(b, guest, guest_uptime(b, guest), ready, 900)
+    return migrated, time.monotonic() - started
+
+
+def memory_processed(host, guest: str) -> float:
+    """MiB of memory an outgoing migration job has sent so far (0 before it sends)."""
+    info = host.virsh("domjobinfo", guest, check=False).stdout
+    for line in info.splitlines():
+        if line.startswith("Memory processed:"):
+            value, unit = line.split(":", 1)[1].split()
+            return float(value) * {"B": 2**-20, "KiB": 2**-10, "MiB": 1, "GiB": 1024}[unit]
+    return 0.0
+
+
+def test_teamed_plain_hostdev_gets_its_mac_on_the_destination(hosts):
+    a, b = hosts
+    destroy_guests(a, b)
+    FIGURES["L2 hfo (hostdev-failover) booted to ping (s)"] = boot_guest(
+        a, "hfo", HFO_MAC, a.vfs[0], "hostdev-failover",
+        lambda r: failover_up(r, LAB_B, HFO_MAC))
+    assert "link/ether " + HFO_MAC in vf_settings(a, 0)   # set by lab-a's listener
+    FIGURES["hfo: migration start to ping through lab-b's VF (s)"] = virsh_migrate_to_b(
+        a, b, "hfo", lambda r: failover_up(r, LAB_A, HFO_MAC))[1]
+    assert "link/ether " + HFO_MAC in vf_settings(b, 1)
+    assert [e["VFMIGRATE_VF"] for e in journal(b, "configured")] == [b.vfs[1]]
+    lab.wait(lambda: claims(a) == [], 120, "lab-a to release its VF")
+
+
+def test_vf_without_teaming_moves_with_vfmigrate_migrate(hosts):
+    a, b = hosts
+    destroy_guests(a, b)
+    FIGURES["L2 plain (hostdev) booted to ping (s)"] = boot_guest(
+        a, "plain", PLAIN_MAC, a.vfs[0], "hostdev",
+        lambda r: vf_up(r, LAB_B, PLAIN_MAC))
+    refused = a.virsh("migrate", "--live", "plain", URI_B, check=False)
+    assert "cannot migrate domain: VFIO device doesn't support migration" in refused.stderr
+    assert a.virsh("domstate", "plain").stdout.strip() == "running"
+    check = a.run(["vfmigrate", "check", "plain", URI_B, "--json"], check=False)
+    assert check.returncode == 10, check.stdout + check.stderr
+    report = json.loads(check.stdout)
+    assert report["networks"][0]["free"] >= 1 and report["networks"][0]["total"] == 2
+
+    result = a.run(["vfmigrate", "migrate", "plain", URI_B, "--unplug-timeout", "300",
+                    "--replug-timeout", "600"], timeout=1800)
+    print(result.stdout)
+    without = float(result.stdout.split("without them for ")[1].split(" s")[0])
+    total = float(result.stdout.split("all ")[1].split(" s")[0])
+    FIGURES["vfmigrate migrate: guest without a VF (s)"] = without
+    FIGURES["vfmigrate migrate: total (s)"] = total
+    assert hostdev_source(b, "plain") == b.vfs[1]
+    since = guest_uptime(b, "plain")
+    b.wait_l2("plain", lambda r: float(r["up"]) >= since and vf_up(r, LAB_A, PLAIN_MAC),
+              timeout=900)
+    assert claims(b) == [("plain", b.vfs[1], "active")]
+    lab.wait(lambda: claims(a) == [] and journal(a, "reset"), 120,
+             "lab-a to release and reset its VF")
+
+    # lab-a full (a guest there holds both its VFs): check says so, and vfmigrate migrate
+    # refuses before unplugging anything.
+    a.put(vf_holder_xml("holder", a.vfs), "/root/holder.xml")
+    a.virsh("create", "/root/holder.xml", timeout=300)
+    check = b.run(["vfmigrate", "check", "plain", URI_A, "--json"], check=False)
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert json.loads(check.stdout)["networks"][0]["free"] == 0
+    refused = b.run(["vfmigrate", "migrate", "plain", URI_A], check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "vfmigrate: guest 'plain' cannot migrate to " + URI_A in refused.stderr
+    assert hostdev_source(b, "plain") == b.vfs[1] and vf_alias(b, "plain") is not None
+    a.virsh("destroy", "holder")
+    lab.wait(lambda: claims(a) == [], 120, "lab-a to release the holder's VFs")
+
+    # The migration back killed midway (lab-a's QEMU for the incoming guest, which starts
+    # after the unplug): the VF goes back into the guest on lab-b, nothing is left on lab-a.
+    b.run(["setsid", "-f", "sh", "-c", f"vfmigrate migrate plain {URI_A} --bandwidth 4 "
+           "--unplug-timeout 300 > /tmp/rollback.log 2>&1; echo exit=$? >> /tmp/rollback.log"])
+    incoming_qemu = ["pgrep", "-f", "qemu-system-x86_64 -name guest=plain,"]
+    lab.wait(lambda: a.run(incoming_qemu, check=False).returncode == 0, 600,
+             "lab-a's QEMU for the guest")
+    killed = a.run(["pkill", "-e", "-KILL", "-f", incoming_qemu[-1]]).stdout
+    lab.wait(lambda: "exit=" in b.run(["cat", "/tmp/rollback.log"]).stdout, 600,
+             "vfmigrate migrate to give up")
+    output = b.run(["cat", "/tmp/rollback.log"]).stdout
+    assert "exit=1" in output and "plugged back in" in output, output + killed
+    assert hostdev_source(b, "plain") == b.vfs[1]
+    since = guest_uptime(b, "plain")
+    latest_report_after(b, "plain", since, lambda r: vf_up(r, LAB_A, PLAIN_MAC), 900)
+    assert claims(b) == [("plain", b.vfs[1], "active")]
+    lab.wait(lambda: claims(a) == [], 120, "lab-a to drop its claim")
+
+    # Baseline: the same guest without its VF (and without vfmigrate's label), migrated
+    # back with a plain virsh migrate.
+    b.virsh("detach-device-alias", "plain", vf_alias(b, "plain"), "--live")
+    lab.wait(lambda: vf_alias(b, "plain") is None, 300, "the guest to let go of its VF")
+    b.virsh("metadata", "plain", "https://vfmigrate.dev/xmlns/domain/1", "--remove", "--live")
+    lab.wait(lambda: claims(b) == [], 120, "lab-b to release the unplugged VF")
+    started = time.monotonic()
+    b.virsh("migrate", "--live", "plain", URI_A, timeout=1200)
+    FIGURES["plain virsh migrate of the same guest without a VF (s)"] = \
+        time.monotonic() - started
