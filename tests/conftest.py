@@ -2,7 +2,8 @@
 
 Tiers are the directories under tests/: unit (fake sysfs, real SQLite, the
 hook as a real subprocess), later testbed, packaging and lab.  At the end of
-a run pytest prints one line per tier with its test count and wall time.
+a run pytest prints one line per tier with its test count and wall time, and
+the figures tests measured (``figures`` fixture; printed, never asserted).
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ def build_package(kind: str) -> Path:
 def built_deb() -> Path:
     """The .deb of this tree, built once per test session (packaging and lab tiers)."""
     return build_package("deb")
+
+
+_figures: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def figures() -> dict[str, str]:
+    """What tests measured, by name: printed at the end of the run, not asserted."""
+    return _figures
+
+
 _tier_seconds: dict[str, float] = defaultdict(float)
 _tier_counts: dict[str, int] = defaultdict(int)
 
@@ -50,6 +62,10 @@ def pytest_runtest_logreport(report) -> None:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    if _figures:
+        terminalreporter.section("figures")
+        for what, value in _figures.items():
+            terminalreporter.write_line(f"{what}: {value}")
     if not _tier_seconds:
         return
     terminalreporter.section("cost per tier")

@@ -32,15 +32,16 @@ FIGURES: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def hosts(built_deb, tmp_path_factory):
+def hosts(built_deb, tmp_path_factory, figures):
     started = time.monotonic()
     with vfmigrate_lab(built_deb, tmp_path_factory.mktemp("lab")) as (a, b):
         FIGURES["L1 hosts booted and configured (s)"] = time.monotonic() - started
-        yield a, b
-        print("\nSR-IOV lab figures:")
-        for what, seconds in FIGURES.items():
-            print(f"  {what}: {seconds:.1f}")
-        print(f"  phases: {json.dumps(lab.TIMINGS)}")
+        try:
+            yield a, b
+        finally:
+            for what, seconds in FIGURES.items():
+                figures[f"lab: {what}"] = f"{seconds:.1f}"
+            figures["lab: phases (s)"] = json.dumps(lab.TIMINGS)
 
 
 def test_teamed_vf_migrates_with_plain_virsh_migrate(hosts):
