@@ -46,20 +46,20 @@ def wait_for(predicate, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def guest_xml(name: str, devices: str) -> str:
+    """A guest of libvirt's test driver with these devices."""
+    return (f"<domain type='test'><name>{name}</name><memory unit='KiB'>65536</memory>"
+            f"<os><type arch='x86_64'>hvm</type></os><devices>{devices}</devices></domain>")
+
+
+def source_address(vf) -> str:
+    return "<source><address type='pci' {}/></source>".format(
+        " ".join(f"{key}='{value}'" for key, value in vf.xml_attributes().items()))
+
+
 def hostdev_guest(name: str, vf) -> str:
-    pci = vf.xml_attributes()
-    return f"""<domain type='test'>
-  <name>{name}</name>
-  <memory unit='KiB'>65536</memory>
-  <os><type arch='x86_64'>hvm</type></os>
-  <devices>
-    <interface type='hostdev' managed='yes'>
-      <mac address='52:54:00:12:34:56'/>
-      <source><address type='pci' domain='{pci["domain"]}' bus='{pci["bus"]}'
-        slot='{pci["slot"]}' function='{pci["function"]}'/></source>
-    </interface>
-  </devices>
-</domain>"""
+    return guest_xml(name, "<interface type='hostdev' managed='yes'><mac "
+                             f"address='52:54:00:12:34:56'/>{source_address(vf)}</interface>")
 
 
 @pytest.fixture
@@ -156,23 +156,11 @@ def test_malformed_work_is_logged_not_fatal(host, listener_run):
 
 
 def teamed_hostdev_guest(name: str, vf) -> str:
-    pci = vf.xml_attributes()
-    return f"""<domain type='test'>
-  <name>{name}</name>
-  <memory unit='KiB'>65536</memory>
-  <os><type arch='x86_64'>hvm</type></os>
-  <devices>
-    <interface type='bridge'>
-      <mac address='52:54:00:ab:cd:ef'/><source bridge='br0'/><model type='virtio'/>
-      <teaming type='persistent'/><alias name='ua-net0'/>
-    </interface>
-    <hostdev mode='subsystem' type='pci' managed='yes'>
-      <source><address domain='{pci["domain"]}' bus='{pci["bus"]}' slot='{pci["slot"]}'
-        function='{pci["function"]}'/></source>
-      <teaming type='transient' persistent='ua-net0'/>
-    </hostdev>
-  </devices>
-</domain>"""
+    return guest_xml(name, (
+        "<interface type='bridge'><mac address='52:54:00:ab:cd:ef'/><source bridge='br0'/>"
+        "<model type='virtio'/><teaming type='persistent'/><alias name='ua-net0'/></interface>"
+        f"<hostdev mode='subsystem' type='pci' managed='yes'>{source_address(vf)}"
+        "<teaming type='transient' persistent='ua-net0'/></hostdev>"))
 
 
 def test_teamed_hostdev_vf_gets_its_partners_mac(host, listener_run):
