@@ -110,6 +110,26 @@ class BootTimeout(LabError):
                          f"{console_tail}")
 
 
+class L2GuestCrashed(LabError):
+    """An L2 guest's kernel oopsed or panicked (its console says so)."""
+
+    def __init__(self, host: str, guest: str, console_tail: str):
+        self.host, self.guest, self.console_tail = host, guest, console_tail
+        super().__init__(f"{host}: L2 {guest}: the guest's kernel crashed; console:\n"
+                         f"{console_tail}")
+
+
+# An oops header ("invalid opcode: 0000 [#1]", "Oops: 0002 [#1]", "general protection
+# fault ... [#1]"), a BUG() or a panic.  Not "RIP:" alone: the RCU stall an L2 guest prints
+# right after a migration's switch-over carries a register dump too.
+GUEST_CRASH = re.compile(r"\[#\d+\]|kernel BUG at |Kernel panic - not syncing")
+
+
+def guest_crash(console: str) -> str | None:
+    """The first console line that says the guest's kernel crashed, or None."""
+    return next((line for line in console.splitlines() if GUEST_CRASH.search(line)), None)
+
+
 # --------------------------------------------------------------------------- helpers
 def wait(predicate, timeout: float, what: str, poll: float = 2.0) -> None:
     """Poll ``predicate()`` until true; LabError naming ``what`` after ``timeout`` s."""
@@ -798,12 +818,18 @@ class L1Host:
                 if line.startswith("LAB-L2 up=")]
 
     def wait_l2(self, name: str, predicate, timeout: float = 600, poll: float = 5) -> dict:
-        """Wait for an L2 console report satisfying predicate(report); return it."""
+        """Wait for an L2 console report satisfying predicate(report); return it.
+
+        Raises :class:`L2GuestCrashed` as soon as the console shows a kernel crash."""
         deadline = time.monotonic() + timeout
         while True:
-            for rep in reversed(self.l2_reports(name)):
+            console = self.l2_console(name)
+            for rep in reversed([parse_l2_report(line) for line in console.splitlines()
+                                 if line.startswith("LAB-L2 up=")]):
                 if predicate(rep):
                     return rep
+            if guest_crash(console):
+                raise L2GuestCrashed(self.name, name, console[-3000:])
             if time.monotonic() > deadline:
                 raise LabError(f"{self.name}: L2 {name}: no matching report in {timeout:.0f} s; "
                                f"console:\n{self.l2_console(name)[-3000:]}")
@@ -964,12 +990,25 @@ class Lab:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def boot(self, timeout: float = 600) -> None:
+    def boot(self, timeout: float = 600, attempts: int = 2) -> None:
+        """Boot every host; one that is not ready in ``timeout`` s is killed and booted
+        again, up to ``attempts`` boots (TCG-emulated L1s hang in early boot now and then:
+        once in ~10 boots, at "Starting ssh.service")."""
         with phase("l1-boot"):
             for h in self.hosts:
                 h.start()
             for h in self.hosts:
-                waited = h.wait_ready(timeout)
+                for attempt in range(1, attempts + 1):
+                    try:
+                        waited = h.wait_ready(timeout)
+                        break
+                    except BootTimeout as hung:
+                        if attempt == attempts:
+                            raise
+                        log.warning("%s: %s; booting it again", h.name, hung)
+                        TIMINGS[f"l1-boot-hung-{h.name}"] = attempt
+                        h.stop()
+                        h.start()
                 TIMINGS[f"l1-boot-{h.name}"] = round(waited, 1)
 
     def stop(self) -> None:

@@ -34,9 +34,23 @@ def claims(host) -> list[tuple[str, str, str]]:
 
 
 def journal(host, action: str) -> list[dict]:
-    output = host.run(["journalctl", "-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=vfmigrate",
-                       f"VFMIGRATE_ACTION={action}"], check=False).stdout
+    """vfmigrate's journal entries for ``action`` on the host, since :func:`mark_journal`."""
+    after = [f"--after-cursor={host.journal_cursor}"] if getattr(host, "journal_cursor", None) \
+        else []
+    output = host.run(["journalctl", "-o", "json", "--no-pager", *after,
+                       "SYSLOG_IDENTIFIER=vfmigrate", f"VFMIGRATE_ACTION={action}"],
+                      check=False).stdout
     return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def mark_journal(host) -> None:
+    """From now on :func:`journal` on this host returns only newer entries."""
+    output = host.run(["journalctl", "-n", "1", "--show-cursor", "--no-pager", "-o", "cat"]
+                      ).stdout
+    before, marker, cursor = output.strip().rpartition("-- cursor: ")
+    if not marker:
+        raise lab.LabError(f"{host.name}: journalctl printed no cursor: {output!r}")
+    host.journal_cursor = cursor
 
 
 def vf_settings(host, index: int) -> str:
@@ -120,7 +134,7 @@ def vfmigrate_lab(deb: Path, work: Path) -> Iterator[tuple[lab.L1Host, lab.L1Hos
         shutil.copy(deb, payload)
         payloads.append(payload)
     with lab.Lab(2, workdir=work / "hosts", payloads=payloads) as the_lab:
-        the_lab.boot(timeout=900)
+        the_lab.boot(timeout=480)
         a, b = the_lab.hosts
         for host, deny_first in ((a, False), (b, True)):
             status = host.status()

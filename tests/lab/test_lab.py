@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 
 import pytest
 
 from . import lab
 from .scenario import (FO_MAC, HFO_MAC, LAB_A, LAB_B, PLAIN_MAC, URI_A, URI_B, boot_guest,
                        claims, failover_up, guest_uptime, hostdev_source, journal,
-                       latest_report_after, vf_alias, vf_holder_xml, vf_settings, vf_up,
-                       vfmigrate_lab)
+                       latest_report_after, mark_journal, vf_alias, vf_holder_xml,
+                       vf_settings, vf_up, vfmigrate_lab)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -45,8 +46,10 @@ def hosts(built_deb, tmp_path_factory, figures):
 
 
 def test_teamed_vf_migrates_with_plain_virsh_migrate(hosts):
-    a, b = hosts
-    destroy_guests(a, b)
+    run_retrying_a_guest_crash(hosts, teamed_vf_migrates_with_plain_virsh_migrate)
+
+
+def teamed_vf_migrates_with_plain_virsh_migrate(a, b):
     FIGURES["L2 fo (failover) booted to ping (s)"] = boot_guest(
         a, "fo", FO_MAC, a.vfs[0], "failover", lambda r: failover_up(r, LAB_B, FO_MAC))
     assert claims(a) == [("fo", a.vfs[0], "active")]
@@ -114,12 +117,42 @@ def release_arriving_guests(host) -> None:
               "RELEASED, 'test: done')"])
 
 
+GUEST_CRASH_RETRIES = {"left": 2}   # for the whole module: each retry costs a test's time
+
+
+def run_retrying_a_guest_crash(hosts, scenario) -> None:
+    """Run ``scenario(a, b)`` on hosts with no guest; run it once more if an L2 guest's
+    kernel crashed.
+
+    Under TCG in TCG an L2 guest's memory now and then arrives corrupt on the destination
+    (2 of ~15 migrations with ``-cpu Westmere``; the same per-CPU runqueue address was
+    corrupt as in a ``-cpu max`` run; see README).  vfmigrate never touches a guest's
+    memory; the crash says nothing about it.  A second crash fails the test; each is
+    reported as a warning and counted in the figures."""
+    a, b = hosts
+    for attempt in (1, 2):
+        destroy_guests(a, b)
+        for host in hosts:
+            mark_journal(host)
+        try:
+            scenario(a, b)
+            return
+        except lab.L2GuestCrashed as crashed:
+            FIGURES["L2 guest crashes, retried (count)"] = \
+                FIGURES.get("L2 guest crashes, retried (count)", 0) + 1
+            warnings.warn(f"{scenario.__name__}, attempt {attempt}: {crashed}")
+            if attempt == 2 or GUEST_CRASH_RETRIES["left"] == 0:
+                raise
+            GUEST_CRASH_RETRIES["left"] -= 1
+
+
 def destroy_guests(*hosts) -> None:
-    """Stop the guests an earlier test left running (the hosts are shared); wait until
-    every host's listener has released their VFs."""
+    """Stop the guests an earlier test left running (the hosts are shared) and drop the
+    test's reservations; wait until every host's listener has released their VFs."""
     for host in hosts:
         for name in host.virsh("list", "--name").stdout.split():
             host.virsh("destroy", name)
+        release_arriving_guests(host)
     for host in hosts:
         lab.wait(lambda: claims(host) == [], 120, f"{host.name} to release every VF")
 
@@ -146,8 +179,10 @@ def memory_processed(host, guest: str) -> float:
 
 
 def test_teamed_plain_hostdev_gets_its_mac_on_the_destination(hosts):
-    a, b = hosts
-    destroy_guests(a, b)
+    run_retrying_a_guest_crash(hosts, teamed_plain_hostdev_gets_its_mac_on_the_destination)
+
+
+def teamed_plain_hostdev_gets_its_mac_on_the_destination(a, b):
     FIGURES["L2 hfo (hostdev-failover) booted to ping (s)"] = boot_guest(
         a, "hfo", HFO_MAC, a.vfs[0], "hostdev-failover",
         lambda r: failover_up(r, LAB_B, HFO_MAC))
@@ -160,8 +195,10 @@ def test_teamed_plain_hostdev_gets_its_mac_on_the_destination(hosts):
 
 
 def test_vf_without_teaming_moves_with_vfmigrate_migrate(hosts):
-    a, b = hosts
-    destroy_guests(a, b)
+    run_retrying_a_guest_crash(hosts, vf_without_teaming_moves_with_vfmigrate_migrate)
+
+
+def vf_without_teaming_moves_with_vfmigrate_migrate(a, b):
     FIGURES["L2 plain (hostdev) booted to ping (s)"] = boot_guest(
         a, "plain", PLAIN_MAC, a.vfs[0], "hostdev",
         lambda r: vf_up(r, LAB_B, PLAIN_MAC))

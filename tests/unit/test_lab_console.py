@@ -1,0 +1,38 @@
+"""The SR-IOV lab tells a guest whose kernel crashed from one that only stalled.
+
+The consoles are excerpts of L2 guests' serial consoles recorded in the lab: a healthy
+guest's RCU stall right after a migration's switch-over (a register dump, no crash), and
+two guests whose memory arrived corrupt on the destination."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.lab.lab import guest_crash, parse_l2_report
+
+CONSOLES = Path(__file__).parent / "lab_consoles"
+
+
+def test_an_rcu_stall_after_the_switchover_is_no_crash():
+    console = (CONSOLES / "rcu-stall-after-switchover.console").read_text()
+    assert "RIP: 0010:" in console and "self-detected stall" in console
+    assert guest_crash(console) is None
+
+
+@pytest.mark.parametrize("name, first_line", [
+    ("list-corruption-after-migration.console", "kernel BUG at lib/list_debug.c:27!"),
+    ("oops-after-migration.console", "Oops: 0011 [#1] PREEMPT SMP NOPTI"),
+])
+def test_a_crashed_guest_is_recognised_by_its_first_crash_line(name, first_line):
+    line = guest_crash((CONSOLES / name).read_text())
+    assert line is not None and line.endswith(first_line)
+
+
+def test_a_report_line_names_the_interfaces_and_the_pings():
+    console = (CONSOLES / "rcu-stall-after-switchover.console").read_text()
+    report = parse_l2_report(console.splitlines()[-1])
+    assert report["master"] == "eth0"
+    assert [(i["name"], i["driver"], i["master"]) for i in report["ifaces"]] == [
+        ("eth0", "virtio_net", "-"), ("eth1", "virtio_net", "eth0"),
+        ("eth2", "igbvf", "eth0")]
+    assert report["ping"] == {"198.51.100.1": "ok", "198.51.100.2": "ok"}
