@@ -87,26 +87,21 @@ def plug_pending(host, uuid: str, *, allow_stand_ins: bool) -> list[Plugged]:
             done_tags.add(device.metadata_tag)
             continue
         try:
-            xml = device_xml(device.entry, device.address, domain=guest.name,
-                             allow_stand_ins=allow_stand_ins)
-            try:
-                host.attach_device(uuid, xml, live=True, config=guest.persistent)
-                detail = "plugged at its guest PCI address" if "guest-address" in device.entry \
-                    else "plugged"
-            except LibvirtFailure as at_old_address:
-                if "guest-address" not in device.entry:
-                    raise
-                # Its old guest PCI address is taken here (live, or in the saved
-                # definition): let libvirt choose one.
-                xml = device_xml(device.entry, device.address, domain=guest.name,
-                                 allow_stand_ins=allow_stand_ins, guest_address=False)
-                host.attach_device(uuid, xml, live=True, config=guest.persistent)
-                detail = ("plugged at a new guest PCI address (at its old one: "
-                          f"{' '.join(str(at_old_address).split())})")
+            detail = "plugged " + _attach(host, uuid, device, guest.name, allow_stand_ins,
+                                          live=True)
         except (LibvirtFailure, StandInsNotAllowed) as error:
             results.append(Plugged(device.mac, device.address, device.entry.get("device"),
                                    str(error), False))
             continue
+        if guest.persistent:
+            # Separately from the live plug: a guest PCI address taken in the saved
+            # definition must not move the device the guest already sees.
+            try:
+                saved = _attach(host, uuid, device, guest.name, allow_stand_ins, live=False)
+                if not detail.endswith(saved):
+                    detail += f"; in the saved definition {saved}"
+            except LibvirtFailure as error:
+                detail += f"; not added to the saved definition: {error}"
         results.append(Plugged(device.mac, device.address, device.entry.get("device"),
                                detail, True))
         done_tags.add(device.metadata_tag)
@@ -120,6 +115,26 @@ def plug_pending(host, uuid: str, *, allow_stand_ins: bool) -> list[Plugged]:
         host.set_metadata(uuid, metadata.render(entries), METADATA_NAMESPACE, metadata.PREFIX,
                           live=True, config=guest.persistent)
     return results
+
+
+def _attach(host, uuid: str, device: domxml.VFDevice, domain: str, allow_stand_ins: bool, *,
+            live: bool) -> str:
+    """Attach the device to the running guest (``live``) or to its saved definition, at
+    its old guest PCI address; where libvirt chooses if that one is taken there.  Says
+    where it went."""
+    xml = device_xml(device.entry, device.address, domain=domain,
+                     allow_stand_ins=allow_stand_ins)
+    try:
+        host.attach_device(uuid, xml, live=live, config=not live)
+    except LibvirtFailure as at_old_address:
+        if "guest-address" not in device.entry:
+            raise
+        xml = device_xml(device.entry, device.address, domain=domain,
+                         allow_stand_ins=allow_stand_ins, guest_address=False)
+        host.attach_device(uuid, xml, live=live, config=not live)
+        return ("at a new guest PCI address (at its old one: "
+                f"{' '.join(str(at_old_address).split())})")
+    return "at its guest PCI address" if "guest-address" in device.entry else "in"
 
 
 def _entry_devices(parsed: domxml.DomainXML) -> list[domxml.VFDevice | None]:

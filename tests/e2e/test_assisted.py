@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import threading
+from xml.etree import ElementTree
 
 import pytest
 
@@ -181,3 +182,44 @@ def test_check_says_what_path_a_guest_takes(stand_in_hosts):
     a.host.virsh("destroy", "plain")
     stopped = a.vfmigrate("check", "nosuch", b.host.uri, check=False)
     assert stopped.returncode == 6 and "look up domain 'nosuch' failed" in stopped.stderr
+
+
+def test_vf_goes_back_to_its_guest_address_live_even_if_taken_in_the_saved_definition():
+    """A pending VF whose old guest PCI address is free in the running guest but taken in
+    its saved definition: live at its old address, saved elsewhere."""
+    with vf_testbed(1, listeners=False, extra_config="allow_stand_ins = yes\n") as (a,):
+        name = a.host.create_domain(no_os_guest_xml("moved", hotplug_ports=3), persistent=True)
+        occupant = a.host.directory / "occupant.xml"
+        occupant.write_text(
+            "<interface type='bridge'><mac address='52:54:00:5e:a1:99'/>"
+            "<source bridge='vmbr0'/><model type='virtio'/>"
+            "<address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/>"
+            "</interface>")
+        a.host.virsh("attach-device", name, str(occupant), "--config")
+        a.host.virsh("metadata", name, "--uri", METADATA_NAMESPACE, "--key", "vfmigrate",
+                     "--set", f"<vfs><vf mac='{STAND_IN_MAC}' network='physnet1' "
+                     f"address='{a.vfs[1]}' device='stand-in' bridge='vmbr0' "
+                     "guest-address='0000:02:00.0' replug='pending'/></vfs>",
+                     "--live", "--config")
+
+        a.start_listener()   # its reconcile plugs in what is pending
+        wait_until(lambda: a.journal(VFMIGRATE_ACTION="attached"), 30,
+                   "the listener to plug the VF in")
+        live = a.host.virsh("dumpxml", name).stdout
+        saved = a.host.virsh("dumpxml", name, "--inactive").stdout
+        assert guest_bus_of(live, STAND_IN_MAC) == "0x02"
+        assert guest_bus_of(saved, "52:54:00:5e:a1:99") == "0x02"
+        assert guest_bus_of(saved, STAND_IN_MAC) not in (None, "0x02")
+        assert "replug=" not in live and "replug=" not in saved
+        message = a.journal(VFMIGRATE_ACTION="attached")[0]["MESSAGE"]
+        assert "plugged at its guest PCI address; in the saved definition at a new guest " \
+               "PCI address (at its old one: " in message, message
+
+
+def guest_bus_of(xml: str, mac: str) -> str | None:
+    """The guest PCI bus of the interface with this MAC, or None if there is none."""
+    for interface in ElementTree.fromstring(xml).iter("interface"):
+        if interface.find(f"mac[@address='{mac}']") is not None:
+            address = interface.find("address[@type='pci']")
+            return address.get("bus") if address is not None else None
+    return None
