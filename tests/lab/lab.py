@@ -111,12 +111,13 @@ class BootTimeout(LabError):
 
 
 class L2GuestCrashed(LabError):
-    """An L2 guest's kernel oopsed or panicked (its console says so)."""
+    """An L2 guest's kernel oopsed or panicked (its console says so), or the guest hung
+    (its console stayed silent while it should have been reporting)."""
 
-    def __init__(self, host: str, guest: str, console_tail: str):
+    def __init__(self, host: str, guest: str, console_tail: str,
+                 what: str = "the guest's kernel crashed"):
         self.host, self.guest, self.console_tail = host, guest, console_tail
-        super().__init__(f"{host}: L2 {guest}: the guest's kernel crashed; console:\n"
-                         f"{console_tail}")
+        super().__init__(f"{host}: L2 {guest}: {what}; console:\n{console_tail}")
 
 
 # An oops header ("invalid opcode: 0000 [#1]", "Oops: 0002 [#1]", "general protection
@@ -817,13 +818,23 @@ class L1Host:
         return [parse_l2_report(line) for line in self.l2_console(name).splitlines()
                 if line.startswith("LAB-L2 up=")]
 
-    def wait_l2(self, name: str, predicate, timeout: float = 600, poll: float = 5) -> dict:
+    def wait_l2(self, name: str, predicate, timeout: float = 600, poll: float = 5,
+                silence_limit: float | None = None) -> dict:
         """Wait for an L2 console report satisfying predicate(report); return it.
 
-        Raises :class:`L2GuestCrashed` as soon as the console shows a kernel crash."""
+        Raises :class:`L2GuestCrashed` as soon as the console shows a kernel crash, or
+        when it printed nothing for ``silence_limit`` s (only for a guest that is up and
+        reports every few seconds: a booting kernel is silent for minutes)."""
         deadline = time.monotonic() + timeout
+        last_output, last_length = time.monotonic(), -1
         while True:
             console = self.l2_console(name)
+            if len(console) != last_length:
+                last_output, last_length = time.monotonic(), len(console)
+            elif silence_limit is not None and time.monotonic() - last_output > silence_limit:
+                raise L2GuestCrashed(self.name, name, console[-3000:],
+                                     f"the guest hung (its console silent for "
+                                     f"{silence_limit:.0f} s)")
             for rep in reversed([parse_l2_report(line) for line in console.splitlines()
                                  if line.startswith("LAB-L2 up=")]):
                 if predicate(rep):

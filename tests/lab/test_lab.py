@@ -22,10 +22,10 @@ import warnings
 import pytest
 
 from . import lab
-from .scenario import (FO_MAC, HFO_MAC, LAB_A, LAB_B, PLAIN_MAC, URI_A, URI_B, boot_guest,
-                       claims, failover_up, guest_uptime, hostdev_source, journal,
-                       latest_report_after, mark_journal, vf_alias, vf_holder_xml,
-                       vf_settings, vf_up, vfmigrate_lab)
+from .scenario import (FO_MAC, HFO_MAC, LAB_A, LAB_B, PLAIN_MAC, RUNNING_GUEST_SILENCE_LIMIT,
+                       URI_A, URI_B, boot_guest, claims, failover_up, guest_uptime,
+                       hostdev_source, journal, latest_report_after, mark_journal, vf_alias,
+                       vf_holder_xml, vf_settings, vf_up, vfmigrate_lab)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -220,7 +220,7 @@ def vf_without_teaming_moves_with_vfmigrate_migrate(a, b):
     assert hostdev_source(b, "plain") == b.vfs[1]
     since = guest_uptime(b, "plain")
     b.wait_l2("plain", lambda r: float(r["up"]) >= since and vf_up(r, LAB_A, PLAIN_MAC),
-              timeout=900)
+              timeout=900, silence_limit=RUNNING_GUEST_SILENCE_LIMIT)
     assert claims(b) == [("plain", b.vfs[1], "active")]
     lab.wait(lambda: claims(a) == [] and journal(a, "reset"), 120,
              "lab-a to release and reset its VF")
