@@ -124,11 +124,10 @@ def run_retrying_a_guest_crash(hosts, scenario) -> None:
     """Run ``scenario(a, b)`` on hosts with no guest; run it once more if an L2 guest's
     kernel crashed.
 
-    Under TCG in TCG an L2 guest's memory now and then arrives corrupt on the destination
-    (2 of ~15 migrations with ``-cpu Westmere``; the same per-CPU runqueue address was
-    corrupt as in a ``-cpu max`` run; see README).  vfmigrate never touches a guest's
-    memory; the crash says nothing about it.  A second crash fails the test; each is
-    reported as a warning and counted in the figures."""
+    Under TCG in TCG an L2 guest now and then crashes or hangs on arrival, its memory
+    corrupt (about 3 of ~17 migrations with ``-cpu Westmere``; see README: not
+    understood).  A second crash fails the test; each is reported as a warning and
+    counted in the figures."""
     a, b = hosts
     for attempt in (1, 2):
         destroy_guests(a, b)
