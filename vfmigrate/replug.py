@@ -87,18 +87,18 @@ def plug_pending(host, uuid: str, *, allow_stand_ins: bool) -> list[Plugged]:
             done_tags.add(device.metadata_tag)
             continue
         try:
-            detail = "plugged " + _attach(host, uuid, device, guest.name, allow_stand_ins,
-                                          live=True)
+            where = _attach(host, uuid, device, guest.name, allow_stand_ins, live=True)
         except (LibvirtFailure, StandInsNotAllowed) as error:
             results.append(Plugged(device.mac, device.address, device.entry.get("device"),
                                    str(error), False))
             continue
+        detail = "plugged " + where
         if guest.persistent:
             # Separately from the live plug: a guest PCI address taken in the saved
             # definition must not move the device the guest already sees.
             try:
                 saved = _attach(host, uuid, device, guest.name, allow_stand_ins, live=False)
-                if not detail.endswith(saved):
+                if saved != where:
                     detail += f"; in the saved definition {saved}"
             except LibvirtFailure as error:
                 detail += f"; not added to the saved definition: {error}"
