@@ -29,7 +29,7 @@ from tests.conftest import build_package
 
 from . import lab
 from .scenario import (FO_MAC, LAB_A, LAB_B, URI_B, boot_guest, claims, failover_up,
-                       guest_uptime, hostdev_source, journal, vfmigrate_lab)
+                       hostdev_source, journal, next_report, vfmigrate_lab)
 
 MIN_MEMORY_GIB = 6
 MIN_DISK_GIB = 12
@@ -106,9 +106,7 @@ def run_lab_demo(progress: Progress) -> None:
         jobinfo = b.virsh("domjobinfo", "--completed", "demo").stdout
         with progress.step("waiting for QEMU to plug lab-b's VF in and the guest to ping "
                            "through it"):
-            since = guest_uptime(b, "demo")
-            report = b.wait_l2("demo", lambda r: float(r["up"]) >= since
-                               and failover_up(r, LAB_A, FO_MAC), timeout=900)
+            report = next_report(b, "demo", lambda r: failover_up(r, LAB_A, FO_MAC), 900)
         lab.wait(lambda: claims(a) == [] and journal(a, "reset"), 120,
                  "lab-a to release and reset its VF")
         progress.say()

@@ -93,9 +93,10 @@ def vf_up(report: dict, peer: str, mac: str) -> bool:
 RUNNING_GUEST_SILENCE_LIMIT = 300
 
 
-def latest_report_after(host, guest: str, since: float, predicate, timeout: float) -> dict:
-    """A report from the (running, booted) guest's console newer than ``since`` (its
-    uptime) that matches."""
+def next_report(host, guest: str, predicate, timeout: float) -> dict:
+    """A report from the (running, booted) guest's console, newer than its latest one now,
+    that matches ``predicate``."""
+    since = guest_uptime(host, guest)
     return host.wait_l2(guest, lambda r: float(r["up"]) > since and predicate(r),
                         timeout=timeout, silence_limit=RUNNING_GUEST_SILENCE_LIMIT)
 

@@ -22,10 +22,10 @@ import warnings
 import pytest
 
 from . import lab
-from .scenario import (FO_MAC, HFO_MAC, LAB_A, LAB_B, PLAIN_MAC, RUNNING_GUEST_SILENCE_LIMIT,
-                       URI_A, URI_B, boot_guest, claims, failover_up, guest_uptime,
-                       hostdev_source, journal, latest_report_after, mark_journal, vf_alias,
-                       vf_holder_xml, vf_settings, vf_up, vfmigrate_lab)
+from .scenario import (FO_MAC, HFO_MAC, LAB_A, LAB_B, PLAIN_MAC, URI_A, URI_B, boot_guest,
+                       claims, failover_up, hostdev_source, journal, mark_journal,
+                       next_report, vf_alias, vf_holder_xml, vf_settings, vf_up,
+                       vfmigrate_lab)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -63,8 +63,7 @@ def teamed_vf_migrates_with_plain_virsh_migrate(a, b):
     assert "vfmigrate: no free VF in network 'physnet1' on this host (1 VFs, 1 claimed or " \
            "in use)" in refused.stderr
     assert a.virsh("domstate", "fo").stdout.strip() == "running"
-    since = guest_uptime(a, "fo")
-    latest_report_after(a, "fo", since, lambda r: failover_up(r, LAB_B, FO_MAC), 600)
+    next_report(a, "fo", lambda r: failover_up(r, LAB_B, FO_MAC), 600)
     assert claims(a) == [("fo", a.vfs[0], "active")]
     b.run(["vfmigrate", "reconcile"])   # the reservation is young: kept
     release_arriving_guests(b)
@@ -94,8 +93,7 @@ def teamed_vf_migrates_with_plain_virsh_migrate(a, b):
     lab.wait(lambda: "error" in a.run(["cat", "/tmp/back.log"]).stdout, 600,
              "the migration to fail")
     assert b.virsh("domstate", "fo").stdout.strip() == "running"
-    since = guest_uptime(b, "fo")
-    latest_report_after(b, "fo", since, lambda r: failover_up(r, LAB_A, FO_MAC), 900)
+    next_report(b, "fo", lambda r: failover_up(r, LAB_A, FO_MAC), 900)
     assert claims(b) == [("fo", b.vfs[1], "active")]
     lab.wait(lambda: claims(a) == [], 120, "lab-a to hold no claim")
 
@@ -163,7 +161,7 @@ def virsh_migrate_to_b(a, b, guest: str, ready) -> tuple[float, float]:
     a.virsh("migrate", "--live", guest, URI_B, timeout=1200)
     migrated = time.monotonic() - started
     assert hostdev_source(b, guest) == b.vfs[1] != a.vfs[0]
-    latest_report_after(b, guest, guest_uptime(b, guest), ready, 900)
+    next_report(b, guest, ready, 900)
     return migrated, time.monotonic() - started
 
 
@@ -217,9 +215,7 @@ def vf_without_teaming_moves_with_vfmigrate_migrate(a, b):
     FIGURES["vfmigrate migrate: guest without a VF (s)"] = without
     FIGURES["vfmigrate migrate: total (s)"] = total
     assert hostdev_source(b, "plain") == b.vfs[1]
-    since = guest_uptime(b, "plain")
-    b.wait_l2("plain", lambda r: float(r["up"]) >= since and vf_up(r, LAB_A, PLAIN_MAC),
-              timeout=900, silence_limit=RUNNING_GUEST_SILENCE_LIMIT)
+    next_report(b, "plain", lambda r: vf_up(r, LAB_A, PLAIN_MAC), 900)
     assert claims(b) == [("plain", b.vfs[1], "active")]
     lab.wait(lambda: claims(a) == [] and journal(a, "reset"), 120,
              "lab-a to release and reset its VF")
@@ -251,8 +247,7 @@ def vf_without_teaming_moves_with_vfmigrate_migrate(a, b):
            "in use)" in output and "plugged back in" in output, output
     release_arriving_guests(a)
     assert hostdev_source(b, "plain") == b.vfs[1]
-    since = guest_uptime(b, "plain")
-    latest_report_after(b, "plain", since, lambda r: vf_up(r, LAB_A, PLAIN_MAC), 900)
+    next_report(b, "plain", lambda r: vf_up(r, LAB_A, PLAIN_MAC), 900)
     assert claims(b) == [("plain", b.vfs[1], "active")]
     lab.wait(lambda: claims(a) == [], 120, "lab-a to drop its claim")
 
