@@ -122,12 +122,18 @@ def run_check(source, destination, domain_name: str, *, destination_uri: str,
     if not source.is_active(uuid):
         report.problems.append(f"guest {domain_name} is not running")
         return report
-    parsed = domxml.parse(source.guest(uuid).xml)
+    allow_stand_ins = bool(config and config.allow_stand_ins)
+    parsed = domxml.parse(source.guest(uuid).xml, allow_stand_ins=allow_stand_ins)
     inventory = Inventory(config.sysfs_root, config.networks.values()) if config else None
     for device in parsed.devices:
         report.devices.append(_check_device(device, inventory, config, include_devices))
     report.problems += [f"device {d.name}: {d.reason}" for d in report.devices
                         if d.path == "refused"]
+    for entry in parsed.test_only:
+        report.problems.append(
+            f"device {entry.alias or entry.mac or entry.address}: a {entry.entry['device']} "
+            f"VF in vfmigrate's metadata, which only testbeds use; "
+            f"{config.path if config else 'this host'} has allow_stand_ins = no")
     report.destination_libvirt, report.destination_qemu = destination.versions()
     _check_versions(report, parsed)
     _check_capacity(report, destination, config)
@@ -230,14 +236,22 @@ def _destination_pools(destination) -> dict[PciAddress, tuple[str | None, list[P
         pci = root.find("capability[@type='pci']")
         if pci is None:
             continue
-        address = PciAddress(*(int(pci.findtext(part, "0"), 0)
-                               for part in ("domain", "bus", "slot", "function")))
+        try:
+            address = PciAddress.from_xml_attributes(
+                *(pci.findtext(part, "0").strip() for part in ("domain", "bus", "slot",
+                                                               "function")))
+        except ValueError:
+            continue   # not a device vfmigrate could use
         names[root.findtext("name", "")] = address
         functions = pci.find("capability[@type='virt_functions']")
         if functions is not None:
-            vfs = [PciAddress.from_xml_attributes(a.get("domain"), a.get("bus"), a.get("slot"),
-                                                  a.get("function"))
-                   for a in functions.findall("address")]
+            vfs = []
+            for a in functions.findall("address"):
+                try:
+                    vfs.append(PciAddress.from_xml_attributes(a.get("domain"), a.get("bus"),
+                                                              a.get("slot"), a.get("function")))
+                except ValueError:
+                    continue
             pools[address] = (None, vfs)
     for xml in destination.node_device_xmls(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET):
         root = ElementTree.fromstring(xml)

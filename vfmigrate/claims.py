@@ -7,6 +7,14 @@ all-or-nothing and concurrent hook processes cannot pick the same VF.
 Each method returns what it changed as :class:`Change` records; the caller
 logs them only after the transaction committed, so the journal never tells of
 a claim that was rolled back.
+
+VFs under a *reset claim* (vfmigrate resetting them, or a reset that failed:
+see :mod:`vfmigrate.ledger`) are claimed, so no selection hands them out.  A
+guest that starts naming one takes it over only once no reset is running on
+it (a failed or abandoned reset): its own settings come with it.  A
+``managed='no'`` device gets only a VF already bound to vfio-pci, because
+libvirt will not rebind it.  A ledger row that cannot be read refuses every
+decision that hands out a VF (it may name any VF); releases still work.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from .domxml import DomainXML, VFDevice
 from .errors import (NoFreeVF, Refused, UnknownNetwork, UnlabelledDevice, VFTaken,
                      VfmigrateError)
 from .inventory import VF, Inventory
-from .ledger import ACTIVE, INCOMING, RELEASED, Claim, Ledger
+from .ledger import ACTIVE, INCOMING, RELEASED, RESETTING, Claim, Ledger
 from .events import Event
 from .pci import PciAddress
 from .running import RunningGuest
@@ -32,6 +40,31 @@ class NoNetworks(Refused):
 
 class AlreadyRunningHere(Refused):
     msg_fmt = "guest '{domain}' ({uuid}) is already running on this host"
+
+
+class NoVfioVF(Refused):
+    msg_fmt = ("no free VF bound to vfio-pci in network '{network}' on this host for "
+               "{device} of guest '{domain}' (managed='no': libvirt will not bind it); "
+               "bind free VFs to vfio-pci, or make the device managed='yes'")
+
+
+VFIO_DRIVER = "vfio-pci"
+# How long a reset claim in state "resetting" may be before it counts as left behind
+# by a process that died mid-reset, beyond the reset timeout and the lock timeout.
+RESET_GRACE = 5.0
+DEFAULT_RESET_TIMEOUT = 10.0
+
+
+def reset_timeout_of(config: Config) -> float:
+    """``reset_timeout`` of the config (seconds), if the config has that key."""
+    value = getattr(config, "reset_timeout", None)
+    return float(value) if value is not None else DEFAULT_RESET_TIMEOUT
+
+
+def reset_in_progress(claim: Claim, now: float, config: Config, lock_timeout: float) -> bool:
+    """A reset claim whose reset may still be running (not failed, not abandoned)."""
+    return (claim.reset_state == RESETTING
+            and now - claim.updated <= reset_timeout_of(config) + lock_timeout + RESET_GRACE)
 
 
 class Change(namedtuple("Change", "event claim detail")):
@@ -103,13 +136,24 @@ class Claims:
 
     # -- decisions ----------------------------------------------------------
 
+    def _usable(self, vf: VF, device: VFDevice) -> bool:
+        """Present, and bound to vfio-pci if libvirt will not bind it (managed='no').
+
+        ``managed`` comes from domxml (True/False; None where unknown, also from a
+        domxml that does not read it yet): unknown keeps the old choice."""
+        if not self.inventory.present(vf):
+            return False
+        if getattr(device, "managed", None) is False:
+            return self.inventory.details(vf.address).driver == VFIO_DRIVER
+        return True
+
     def _keep_address(self, device: VFDevice, network: str,
                       taken: set[PciAddress]) -> VF | None:
         """The device's current address, if it is a free VF of the network here too."""
         if device.address is None or device.address in taken:
             return None
         vf = self.inventory.find_vf(device.address)
-        if vf is None or vf.network != network or not self.inventory.present(vf):
+        if vf is None or vf.network != network or not self._usable(vf, device):
             return None
         return vf
 
@@ -136,6 +180,14 @@ class Claims:
             for device in domain.travelling_devices:
                 network = self.network_for(device, domain)
                 choice = self._keep_address(device, network, taken)
+                if choice is None and getattr(device, "managed", None) is False:
+                    # Its own pass: VFs it skips stay for the devices after it.
+                    choice = next((vf for vf in self.inventory.iter_vfs(network)
+                                   if vf.address not in taken and self._usable(vf, device)),
+                                  None)
+                    if choice is None:
+                        raise NoVfioVF(network=network, device=device.describe(),
+                                       domain=domain.name)
                 if choice is None:
                     cursor = cursors.setdefault(network, self.inventory.iter_vfs(network))
                     choice = next((vf for vf in cursor if vf.address not in taken
@@ -176,6 +228,15 @@ class Claims:
                 holder = holders.get(vf.address)
                 if holder is not None and holder.domain_uuid == domain.uuid:
                     continue
+                if holder is not None and holder.is_reset:
+                    if reset_in_progress(holder, now, self.config, self.ledger.lock_timeout):
+                        raise VFTaken(vf=vf.address, domain=domain.name,
+                                      holder="being reset by vfmigrate right now (retry in a "
+                                             "few seconds)")
+                    # A failed or abandoned reset: the guest brings its own settings.
+                    changes.extend(self._end_reset_claim(holder, f"guest '{domain.name}' "
+                                                                 "started with it"))
+                    holder = None
                 if holder is not None:
                     raise VFTaken(vf=vf.address, domain=domain.name,
                                   holder=f"claimed by guest '{holder.domain_name}' "
@@ -190,10 +251,18 @@ class Claims:
                 changes.append(Change(Event.ACTIVATED, claim, f"claimed for {device.describe()}"))
         return changes
 
+    def _end_reset_claim(self, claim: Claim, why: str) -> list[Change]:
+        """Give up a reset claim because a guest uses the VF: no reset is owed any more."""
+        detail = f"reset of the VF given up ({claim.reset_state}): {why}"
+        released = self.ledger.set_state([claim], RELEASED, detail)
+        self.ledger.mark_reset(claim.vf)
+        return [Change(Event.RELEASED, c, detail) for c in released]
+
     def activate(self, domain_uuid: str, reason: str) -> list[Change]:
         """incoming → active for one guest (``started``, or arrival seen by the listener)."""
         with self.ledger.transaction():
-            incoming = [c for c in self.ledger.claims_of(domain_uuid) if c.state == INCOMING]
+            incoming = [c for c in self.ledger.claims_of(domain_uuid, strict=False)
+                        if c.state == INCOMING]
             return [Change(Event.ACTIVATED, claim, reason)
                     for claim in self.ledger.set_state(incoming, ACTIVE, reason)]
 
@@ -201,7 +270,7 @@ class Claims:
                 only: Callable[[Claim], bool] = lambda claim: True) -> list[Change]:
         """Release a guest's live claims (all of them, or those ``only`` selects)."""
         with self.ledger.transaction():
-            claims = [c for c in self.ledger.claims_of(domain_uuid) if only(c)]
+            claims = [c for c in self.ledger.claims_of(domain_uuid, strict=False) if only(c)]
             return [Change(Event.RELEASED, claim, reason)
                     for claim in self.ledger.set_state(claims, RELEASED, reason)]
 
@@ -214,12 +283,17 @@ class Claims:
         changes: list[Change] = []
         conflicts: list[VfmigrateError] = []
         with self.ledger.transaction():
-            holders = {claim.vf: claim for claim in self.ledger.live_claims()}
+            holders = {claim.vf: claim for claim in self.ledger.live_claims(strict=False)}
             for device in domain.devices:
                 vf = self.inventory.find_vf(device.address) if device.address else None
                 if vf is None:
                     continue
                 holder = holders.get(vf.address)
+                if holder is not None and holder.is_reset:
+                    # The running guest holds it: no reset may touch it any more.
+                    changes.extend(self._end_reset_claim(holder, f"running guest "
+                                                                 f"'{domain.name}' holds it"))
+                    holder = None
                 if holder is not None and holder.domain_uuid != domain.uuid:
                     conflicts.append(VFTaken(vf=vf.address, domain=domain.name,
                                              holder=f"also claimed by guest "

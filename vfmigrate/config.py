@@ -9,6 +9,7 @@ An INI-style file with one ``[vfmigrate]`` section of host settings and one
     libvirt_run_dir = /run/libvirt/qemu   # status XML of running guests
     reservation_timeout = 300             # s an incoming claim lives without its guest
     lock_timeout = 10                     # s to wait for the ledger lock
+    reset_timeout = 10                    # s the listener waits for one VF reset
     libvirt_uri = qemu:///system          # the listener's and CLI's libvirt
     vf_reset = netlink                    # or "none": leave released VFs as they are
     allow_stand_ins = no                  # testbeds only: virtio NICs standing in for VFs
@@ -33,7 +34,7 @@ from collections import namedtuple
 from collections.abc import Mapping
 
 from .errors import ConfigMissing, ConfigSyntaxError
-from .pci import is_pci_address
+from .pci import PciAddress, is_pci_address
 
 DEFAULT_CONFIG_PATH = "/etc/vfmigrate/vfmigrate.conf"
 CONFIG_ENV = "VFMIGRATE_CONFIG"
@@ -41,6 +42,7 @@ CONFIG_ENV = "VFMIGRATE_CONFIG"
 NETWORK_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _NETDEV_NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 _VF_PATTERN = re.compile(r"[0-9a-fA-F:.*?\[\]-]{1,32}")
+_SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{0,6})?|\.[0-9]{1,6}")   # ASCII: float() also reads '١٢', '1_0'
 
 
 class NetworkConfig(namedtuple("NetworkConfig", "name pfs allow_vfs deny_vfs",
@@ -52,10 +54,10 @@ class NetworkConfig(namedtuple("NetworkConfig", "name pfs allow_vfs deny_vfs",
 
 class Config(namedtuple("Config", "path state_dir sysfs_root libvirt_run_dir "
                         "reservation_timeout lock_timeout libvirt_uri vf_reset "
-                        "allow_stand_ins networks",
+                        "allow_stand_ins networks reset_timeout",
                         defaults=("/var/lib/vfmigrate", "/sys", "/run/libvirt/qemu",
                                   300.0, 10.0, "qemu:///system", "netlink", False,
-                                  types.MappingProxyType({})))):
+                                  types.MappingProxyType({}), 10.0))):
     """The whole file; ``networks`` maps each label to its NetworkConfig."""
 
     __slots__ = ()
@@ -100,7 +102,7 @@ def parse(text: str, path: str | os.PathLike) -> Config:
 
 
 _HOST_KEYS = {"state_dir", "sysfs_root", "libvirt_run_dir", "reservation_timeout",
-              "lock_timeout", "libvirt_uri", "vf_reset", "allow_stand_ins"}
+              "lock_timeout", "reset_timeout", "libvirt_uri", "vf_reset", "allow_stand_ins"}
 _BOOLEANS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
 _VF_RESET_MODES = ("netlink", "none")
 _NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs"}
@@ -167,13 +169,10 @@ class _Parser:
                 if not value.startswith("/"):
                     raise self.fail(number, key, f"must be an absolute path, got {value!r}")
                 settings[key] = os.path.normpath(value)
-        for key in ("reservation_timeout", "lock_timeout"):
+        for key in ("reservation_timeout", "lock_timeout", "reset_timeout"):
             if key in self.host:
                 number, value = self.host[key]
-                try:
-                    seconds = float(value)
-                except ValueError:
-                    seconds = -1.0
+                seconds = float(value) if _SECONDS.fullmatch(value) else -1.0
                 if not 0 < seconds <= 86400:
                     raise self.fail(number, key, f"must be seconds between 0 and 86400, got {value!r}")
                 settings[key] = seconds
@@ -207,10 +206,13 @@ class _Parser:
                 if not (is_pci_address(pf) or _is_netdev_name(pf)):
                     raise self.fail(number, "pfs", f"{pf!r} is neither a netdev name nor a "
                                     "PCI address like 0000:3b:00.0")
-                if pf in owner_of_pf:
-                    raise self.fail(number, "pfs", f"PF {pf} is already in network "
-                                    f"'{owner_of_pf[pf]}'")
-                owner_of_pf[pf] = name
+                # An address is compared in its canonical form; a PF named by netdev in
+                # one network and by address in another is found by Inventory (sysfs).
+                key = str(PciAddress.parse(pf)) if is_pci_address(pf) else pf
+                if key in owner_of_pf:
+                    raise self.fail(number, "pfs", f"PF {key} is already in network "
+                                    f"'{owner_of_pf[key]}'")
+                owner_of_pf[key] = name
             patterns = {}
             for key in ("allow_vfs", "deny_vfs"):
                 if key in section:

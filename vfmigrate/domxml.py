@@ -1,8 +1,11 @@
 """Find the VF devices in a libvirt domain XML and rewrite their host address.
 
 The XML arrives from another host, inside libvirt's migration path, so it is
-parsed defensively: at most ``MAX_XML_BYTES``, no DOCTYPE, no entity
-declarations, no external entities (expat, never a network fetch).
+parsed defensively: at most ``MAX_XML_BYTES``, elements nested at most
+``MAX_DEPTH`` deep, no DOCTYPE, no entity declarations, no external entities
+(expat, never a network fetch).  Numbers are read as libvirt reads them
+(ASCII digits only): anything else is :class:`BadDomainXML` naming the
+attribute, never an internal error.
 
 A *VF device* is a PCI passthrough device with a host-side source address:
 
@@ -14,6 +17,16 @@ A *VF device* is a PCI passthrough device with a host-side source address:
   simulated VF (``device``).  Its host address is the entry's ``address``.
   Any other entry without a device is a label left behind by a device since
   unplugged: it holds nothing.
+
+Test-only entries (``device='stand-in'`` or ``'simulated'``) hold a VF only
+when the caller parses with ``allow_stand_ins=True`` (the host's
+``allow_stand_ins = yes``).  By default they are no device at all, claim
+nothing and are listed in :attr:`DomainXML.test_only`, so that a caller that
+must not ignore them (the migrate hook) can refuse the guest.
+
+A device travels only with a host address to rewrite: a teamed device whose
+``<source>`` has no PCI ``<address>`` (which libvirt itself rejects) does not
+travel and claims nothing.
 
 vfmigrate's metadata labels devices (matched by ``alias``, else ``mac``)::
 
@@ -44,16 +57,24 @@ from xml.parsers import expat
 
 from . import METADATA_NAMESPACE
 from .config import NETWORK_LABEL
-from .errors import BadDomainXML
+from .errors import BadDomainXML, Refused
 from .pci import PciAddress
 
 MAX_XML_BYTES = 2 * 1024 * 1024
+# libvirt reads its XML with libxml2, which stops at 256 levels; a domain status file
+# adds one.  Deeper documents are refused before their depth costs anything.
+MAX_DEPTH = 1024
+# Nothing vfmigrate reads is deeper below <domain> than devices/interface/actual/source/address.
+_DEEPEST_READ = 5
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
                    r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _ALIAS = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_ATTRIBUTE = re.compile(rb"""(\s)([A-Za-z_:][-\w.:]*)(\s*=\s*)("[^"]*"|'[^']*')""")
+_TAG_NAME = re.compile(rb"<[^\s/>]+")
+_NEXT_ATTRIBUTE = re.compile(rb"""(\s+)([^\s=/>]+)(\s*=\s*)("[^"]*"|'[^']*')""")
+_VLAN = re.compile(r"[0-9]{1,4}")
+_PCI_TEXT = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
 _BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _NS_VFS = METADATA_NAMESPACE + " vfs"
 
@@ -65,7 +86,18 @@ REPLUG_STATES = ("on-arrival", "pending")
 # for a VF in the namespaced testbed, only with ``allow_stand_ins = yes``;
 # ``simulated``: a testbed VF with no device at all, never plugged).
 DEVICE_TYPES = ("interface", "hostdev", "stand-in", "simulated")
+TEST_ONLY_DEVICE_TYPES = ("stand-in", "simulated")
 _NS_VF = METADATA_NAMESPACE + " vf"
+
+
+class TestOnlyVF(Refused):
+    """A guest with test-only VF entries on a host that does not allow them (exit 1)."""
+
+    msg_fmt = ("guest '{domain}' has {what} in vfmigrate's metadata, which only testbeds "
+               "use, and {config_path} has allow_stand_ins = no; remove the entry from "
+               "the guest's metadata, or set allow_stand_ins = yes on a testbed")
+
+    __test__ = False   # not a pytest class
 
 
 class Span(namedtuple("Span", "start end")):
@@ -79,7 +111,7 @@ class VFDevice:
 
     __slots__ = ("kind", "alias", "mac", "address", "teaming", "network", "vlan", "replug",
                  "labelled", "address_tag", "metadata_tag", "metadata_address", "entry",
-                 "teaming_partner")
+                 "teaming_partner", "managed")
 
     def __init__(self, kind: str, *, labelled: bool = False,
                  metadata_tag: Span | None = None) -> None:
@@ -97,11 +129,19 @@ class VFDevice:
         self.metadata_tag = metadata_tag
         self.metadata_address: PciAddress | None = None
         self.entry: dict[str, str] = {}   # its metadata entry's attributes, if any
+        # managed='yes': libvirt binds the VF to vfio-pci itself; libvirt's default is no
+        self.managed: bool | None = None
 
     @property
     def rides_along(self) -> bool:
-        """Whether this VF moves with a migration (and so needs a VF there)."""
-        return self.teaming or self.labelled or self.kind == "metadata"
+        """Whether this VF moves with a migration (and so needs a VF there).
+
+        A device without a host address has nothing to rewrite: a VF claimed for it
+        would be used by nothing, so it does not travel.
+        """
+        if self.kind == "metadata":
+            return True
+        return (self.teaming or self.labelled) and self.address_tag is not None
 
     def describe(self) -> str:
         name = self.alias or (f"mac {self.mac}" if self.mac else None)
@@ -121,7 +161,8 @@ class DomainXML:
                  pci_sources: list[PciAddress],
                  metadata_entries: list[dict[str, str]] | None = None,
                  metadata_spans: list[Span] | None = None,
-                 interface_macs: dict[str, str] | None = None) -> None:
+                 interface_macs: dict[str, str] | None = None,
+                 test_only: list[VFDevice] | None = None) -> None:
         self.data = data
         self.uuid = uuid
         self.name = name
@@ -130,6 +171,9 @@ class DomainXML:
         self.metadata_entries = metadata_entries or []   # validated attributes, in order
         self.metadata_spans = metadata_spans or []       # each entry's start tag, in order
         self.interface_macs = interface_macs or {}       # alias -> MAC of other interfaces
+        # Test-only entries (stand-in, simulated) not honoured: parsed without
+        # allow_stand_ins.  They hold nothing; a migrate hook should refuse them.
+        self.test_only = test_only or []
 
     @property
     def held_addresses(self) -> set[PciAddress]:
@@ -143,6 +187,15 @@ class DomainXML:
         if device.teaming_partner is None:
             return None
         return self.interface_macs.get(device.teaming_partner)
+
+    def refuse_test_only(self, config_path: str) -> None:
+        """Raise TestOnlyVF if the guest has test-only entries this parse did not honour
+        (for the migrate/restore hook: the guest would arrive without a VF it expects)."""
+        if self.test_only:
+            what = ", ".join(f"a {entry.entry.get('device')} VF "
+                             f"({entry.alias or entry.mac or entry.address or 'no name'})"
+                             for entry in self.test_only)
+            raise TestOnlyVF(domain=self.name, what=what, config_path=config_path)
 
     @property
     def travelling_devices(self) -> list[VFDevice]:
@@ -166,15 +219,22 @@ class DomainXML:
         return bytes(out)
 
 
-def parse(data: bytes, *, status: bool = False) -> DomainXML:
-    """Parse a domain XML (or, with ``status``, libvirt's ``<domstatus>`` file)."""
+def parse(data: bytes, *, status: bool = False, allow_stand_ins: bool = False) -> DomainXML:
+    """Parse a domain XML (or, with ``status``, libvirt's ``<domstatus>`` file).
+
+    ``allow_stand_ins`` (the host's ``allow_stand_ins``) makes test-only metadata
+    entries VF devices; without it they are only listed in ``DomainXML.test_only``.
+    """
     if len(data) > MAX_XML_BYTES:
         raise BadDomainXML(problem=f"{len(data)} bytes is more than the {MAX_XML_BYTES} "
                                    "a domain XML may have")
+    if b"\0" in data:
+        raise BadDomainXML(problem="malformed XML: NUL bytes (libvirt writes UTF-8 XML, "
+                                   "which has none)")
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise BadDomainXML(problem="DOCTYPE and entity declarations are not allowed "
                                    "in a domain XML")
-    return _DomainParser(data, status).run()
+    return _DomainParser(data, status, allow_stand_ins).run()
 
 
 def _unsafe(*_args: object) -> None:
@@ -182,10 +242,14 @@ def _unsafe(*_args: object) -> None:
 
 
 class _DomainParser:
-    def __init__(self, data: bytes, status: bool) -> None:
+    def __init__(self, data: bytes, status: bool, allow_stand_ins: bool = False) -> None:
         self.data = data
         self.status = status
-        self.parser = expat.ParserCreate(namespace_separator=" ")
+        self.allow_stand_ins = allow_stand_ins
+        self.test_only: list[VFDevice] = []
+        self.vfs_elements = 0
+        # libvirt writes UTF-8 only; a declared encoding (UTF-16, say) is not obeyed.
+        self.parser = expat.ParserCreate(encoding="UTF-8", namespace_separator=" ")
         self.parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         self.parser.StartDoctypeDeclHandler = _unsafe
         self.parser.EntityDeclHandler = _unsafe
@@ -223,24 +287,33 @@ class _DomainParser:
                          devices=self._match_metadata(), pci_sources=self.pci_sources,
                          metadata_entries=self.entry_attributes,
                          metadata_spans=[entry.metadata_tag for entry in self.entries],
-                         interface_macs=self.interface_macs)
+                         interface_macs=self.interface_macs, test_only=self.test_only)
 
     # -- expat callbacks ------------------------------------------------------
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         self.stack.append(tag)
+        if len(self.stack) > MAX_DEPTH:
+            raise BadDomainXML(problem=f"elements are nested deeper than {MAX_DEPTH} levels "
+                                       "(libvirt itself reads at most 256)")
         if self.domain_depth is None:
             self._find_domain(tag)
             return
+        depth = len(self.stack) - self.domain_depth
+        if depth > _DEEPEST_READ:
+            return
         path = self.stack[self.domain_depth:]
-        depth = len(path)
         if depth == 1 and tag in self.fields:
             self.text_target = self.fields[tag]
         elif depth == 2 and path[0] == "devices":
             self._start_device(tag, attrs)
         elif depth > 2 and path[0] == "devices" and self.device is not None:
             self._device_child(path[2:], attrs)
-        elif depth == 3 and path[0] == "metadata" and path[1] == _NS_VFS and tag == _NS_VF:
+        elif depth == 2 and path[0] == "metadata" and tag == _NS_VFS:
+            self.vfs_elements += 1
+        elif depth == 3 and path[0] == "metadata" and path[1] == _NS_VFS and tag == _NS_VF \
+                and self.vfs_elements == 1:
+            # Only the first element of our namespace: libvirt keeps no other.
             self._metadata_entry(attrs)
 
     def end(self, tag: str) -> None:
@@ -277,9 +350,12 @@ class _DomainParser:
             # status <actual>, and for the MAC of a teaming partner.
             self.device = VFDevice(kind="interface")
             self.device_counts = kind == "hostdev"
+            if kind == "hostdev":
+                self.device.managed = attrs.get("managed") == "yes"
         elif tag == "hostdev" and kind == "pci" and attrs.get("mode", "subsystem") == "subsystem":
             self.device = VFDevice(kind="hostdev")
             self.device_counts = True
+            self.device.managed = attrs.get("managed") == "yes"
 
     def _device_child(self, path: list[str], attrs: dict[str, str]) -> None:
         device = self.device
@@ -298,7 +374,10 @@ class _DomainParser:
             device.alias = attrs.get("name")
         elif path == ["mac"]:
             device.mac = (attrs.get("address") or "").lower() or None
-        elif path == ["vlan", "tag"] and attrs.get("id", "").isdigit():
+        elif path == ["vlan", "tag"] and "id" in attrs:
+            if not _is_vlan(attrs["id"]):
+                raise BadDomainXML(problem=f"<{device.kind}> <vlan><tag id={attrs['id'][:40]!r}>"
+                                           " is not a VLAN ID 0-4095")
             device.vlan = int(attrs["id"])
 
     def _metadata_entry(self, attrs: dict[str, str]) -> None:
@@ -330,8 +409,13 @@ class _DomainParser:
             if target is None:
                 # An entry without a device holds a VF only while it travels (replug) or
                 # when a testbed simulates one; otherwise it is a label left behind by a
-                # device since unplugged, which holds nothing.
-                if entry.replug or entry.entry.get("device") in ("stand-in", "simulated"):
+                # device since unplugged, which holds nothing.  Test-only kinds hold
+                # nothing on a host that does not allow them, even with replug: nothing
+                # could plug them in there.
+                test_only = entry.entry.get("device") in TEST_ONLY_DEVICE_TYPES
+                if test_only and not self.allow_stand_ins:
+                    self.test_only.append(entry)
+                elif entry.replug or test_only:
                     devices.append(entry)
                 continue
             target.labelled = True
@@ -345,11 +429,11 @@ class _DomainParser:
 
 
 def _is_pci(text: str) -> bool:
-    try:
-        PciAddress.parse(text)
-    except ValueError:
-        return False
-    return True
+    return _PCI_TEXT.fullmatch(text) is not None
+
+
+def _is_vlan(text: str) -> bool:
+    return _VLAN.fullmatch(text) is not None and int(text) <= 4095
 
 
 # Checks of untrusted metadata attributes: (predicate, what is wrong otherwise).
@@ -357,7 +441,7 @@ _ENTRY_CHECKS = {
     "alias": (_ALIAS.fullmatch, "is not a libvirt alias"),
     "mac": (_MAC.fullmatch, "is not a MAC address"),
     "network": (NETWORK_LABEL.fullmatch, "is not a valid label"),
-    "vlan": (lambda v: v.isdigit() and 0 <= int(v) <= 4095, "is not 0-4095"),
+    "vlan": (_is_vlan, "is not 0-4095"),
     "address": (_is_pci, "is not a PCI address (DDDD:BB:SS.F)"),
     "guest-address": (_is_pci, "is not a PCI address (DDDD:BB:SS.F)"),
     "replug": (lambda v: v in REPLUG_STATES, f"is not one of {', '.join(REPLUG_STATES)}"),
@@ -394,22 +478,32 @@ def _end_of_start_tag(data: bytes, start: int) -> int:
     raise BadDomainXML(problem="unterminated start tag")
 
 
+def _attributes(tag: bytes) -> list[re.Match]:
+    """The attributes of one start tag, in order, read from its start (so that an
+    attribute value that looks like attributes is never taken for them)."""
+    found = []
+    position = _TAG_NAME.match(tag).end()
+    while (match := _NEXT_ATTRIBUTE.match(tag, position)) is not None:
+        found.append(match)
+        position = match.end()
+    return found
+
+
 def _set_attributes(tag: bytes, values: dict[str, str]) -> bytes:
     """Replace (or add) attribute values in one start tag, keeping its quoting."""
     seen: set[str] = set()
-    quotes = [match.group(4)[:1] for match in _ATTRIBUTE.finditer(tag)]
-
-    def replace(match: re.Match) -> bytes:
+    attributes = _attributes(tag)
+    pieces, position = [], 0
+    for match in attributes:
         name = match.group(2).decode()
         if name not in values:
-            return match.group(0)
+            continue
         seen.add(name)
         quote = match.group(4)[:1]
-        return match.group(1) + match.group(2) + match.group(3) + quote \
-            + values[name].encode() + quote
-
-    result = _ATTRIBUTE.sub(replace, tag)
-    quote = (quotes[-1] if quotes else b"'").decode()
+        pieces += [tag[position:match.start(4)], quote, values[name].encode(), quote]
+        position = match.end()
+    result = b"".join(pieces) + tag[position:]
+    quote = (attributes[-1].group(4)[:1] if attributes else b"'").decode()
     missing = b"".join(f" {name}={quote}{value}{quote}".encode()
                        for name, value in values.items() if name not in seen)
     if missing:

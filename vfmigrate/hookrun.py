@@ -104,6 +104,8 @@ class HookCall:
             config = self._load_config()
         except ConfigMissing:
             return 0  # not configured: vfmigrate manages no VF on this host
+        if domain.test_only and config.allow_stand_ins:
+            domain = domxml.parse(self.xml, allow_stand_ins=True)
         claims = self._claims(config)
         if self.operation in ("prepare", "start"):
             self._log(domain, claims.claim_for_start(domain))
@@ -123,14 +125,18 @@ class HookCall:
         return 0
 
     def _incoming(self, domain: domxml.DomainXML) -> int:
-        travelling = domain.travelling_devices
-        if not travelling:
+        if not domain.travelling_devices and not domain.test_only:
             return 0
         try:
             config = self._load_config()
         except ConfigMissing as missing:
-            raise NotConfigured(domain=domain.name, count=len(travelling),
+            raise NotConfigured(domain=domain.name,
+                                count=len(domain.travelling_devices) + len(domain.test_only),
                                 config_path=missing.path) from None
+        if domain.test_only:
+            if not config.allow_stand_ins:
+                domain.refuse_test_only(config.path)
+            domain = domxml.parse(self.xml, allow_stand_ins=True)
         claims = self._claims(config)
         assignments, changes = claims.reserve_incoming(domain, self.operation)
         rewritten = domain.rewrite([(a.device, a.vf.address) for a in assignments])

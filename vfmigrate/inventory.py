@@ -10,6 +10,11 @@ hosts with hundreds of VFs: :meth:`Inventory.iter_vfs` reads one
 ``virtfnN`` link at a time, so picking a free VF stops at the first one;
 :meth:`Inventory.find_vf` looks at one VF's ``physfn`` link.  Full listings
 and per-VF details (driver, netdevs, NUMA node) are for ``status``.
+
+The first time any PF is needed, every network's PF specs are resolved to PCI
+addresses (one ``readlink`` or ``stat`` each): a PF that two networks name,
+by netdev in one and by address in the other, is :class:`PFInTwoNetworks`, a
+configuration error, because its VFs would be handed out to both networks.
 """
 
 from __future__ import annotations
@@ -20,8 +25,14 @@ from collections.abc import Iterable, Iterator
 from fnmatch import fnmatchcase
 
 from .config import NetworkConfig
-from .errors import SysfsError
+from .errors import ConfigError, SysfsError
 from .pci import PciAddress, is_pci_address
+
+
+class PFInTwoNetworks(ConfigError):
+    msg_fmt = ("PF {pf} is in network '{first}' (as {first_spec}) and in network "
+               "'{second}' (as {second_spec}); a PF may be in one network only: "
+               "remove it from one [network] section")
 
 
 class VF(namedtuple("VF", "address pf index network")):
@@ -47,6 +58,7 @@ class Inventory:
         self.skipped: list[str] = []   # unreadable virtfn links, for the caller to log
         self._pfs: dict[str, list[PciAddress]] = {}
         self._vfs: dict[str, list[VF]] = {}
+        self._resolved: dict[str, list[tuple[str, PciAddress | None]]] | None = None
 
     # -- paths ----------------------------------------------------------------
 
@@ -77,12 +89,33 @@ class Inventory:
         except ValueError:
             raise SysfsError(path=link, problem=f"points at {target!r}, not a PCI device") from None
 
+    def resolved_pfs(self) -> dict[str, list[tuple[str, PciAddress | None]]]:
+        """Every network's PF specs with their addresses (None: absent); raises
+        PFInTwoNetworks when two networks name the same PF."""
+        if self._resolved is None:
+            resolved: dict[str, list[tuple[str, PciAddress | None]]] = {}
+            owner: dict[PciAddress, tuple[str, str]] = {}
+            for name, config in self.networks.items():
+                resolved[name] = []
+                for spec in config.pfs:
+                    address = self.resolve_pf(spec)
+                    if address is not None:
+                        first = owner.setdefault(address, (name, spec))
+                        if first[0] != name:
+                            raise PFInTwoNetworks(pf=address, first=first[0],
+                                                  first_spec=first[1], second=name,
+                                                  second_spec=spec)
+                        if first[1] != spec:
+                            continue   # the same PF twice in one network: once is enough
+                    resolved[name].append((spec, address))
+            self._resolved = resolved
+        return self._resolved
+
     def pfs_of_network(self, network: str) -> list[PciAddress]:
         if network not in self._pfs:
             self._check_root()
             found, missing = [], []
-            for spec in self.networks[network].pfs:
-                address = self.resolve_pf(spec)
+            for spec, address in self.resolved_pfs()[network]:
                 (found if address is not None else missing).append(address or spec)
             self._pfs[network] = found
             self.missing_pfs[network] = missing
@@ -90,8 +123,7 @@ class Inventory:
 
     def pf_details(self, network: str) -> list[PF]:
         result = []
-        for spec in self.networks[network].pfs:
-            address = self.resolve_pf(spec)
+        for spec, address in self.resolved_pfs()[network]:
             if address is None:
                 continue
             directory = self.pci_device_dir(address)

@@ -14,12 +14,37 @@ as history until pruned.
 WAL with ``synchronous=NORMAL``: a crash of the process never loses a
 committed claim; a power loss may lose the last ones, and after a power loss
 no guest is running, so the next reconcile rebuilds the truth anyway.
+
+A VF being reset is held by a *reset claim*: an ``active`` claim whose owner
+is vfmigrate itself (``domain_uuid`` :data:`RESET_OWNER`, never a libvirt
+UUID).  Because it is an ordinary live claim, every path that respects claims
+(VF selection, ``prepare``, status, an older vfmigrate after a downgrade)
+keeps the VF out of use without knowing about resets, and the schema stays as
+it is.  Its reason says ``resetting: …`` while the reset runs (taken over
+after the reset timeout if the process that started it died) and ``reset
+failed: …`` after a failure or a timeout: the VF stays out of the free pool
+until a later reset succeeds, which releases the reset claim.
+
+A row that cannot be read (a ``vf`` that is not a PCI address, a time that is
+not a number: written by hand or by something else) is an error naming the
+ledger and the row id (:class:`LedgerBadRow`, exit 5).  Readers that can
+work around it (status, reconcile, the release of a stopping guest) pass
+``strict=False``: such rows are skipped and listed in :attr:`Ledger.bad_rows`.
+A *live* row we cannot read may name any VF, possibly one in use, so the
+decisions that hand out a VF read strictly and refuse until it is fixed.
+
+SQLite errors are translated at this boundary: busy/locked (retried up to the
+lock timeout), corrupt, disk full, read-only, anything else; see
+:func:`classify`.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
+import re
 import sqlite3
+import stat
 import time
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
@@ -51,9 +76,74 @@ CREATE INDEX claims_reset_pending ON claims (vf) WHERE state = 'released' AND re
 """
 
 # SQLite's primary result codes (sqlite3 exports them only from Python 3.11).
-_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
+BUSY, CORRUPT, FULL, READONLY, CANTOPEN, OTHER = (
+    "busy", "corrupt", "full", "read-only", "cannot open", "other")
+_KIND_OF_CODE = {_SQLITE_BUSY: BUSY, _SQLITE_LOCKED: BUSY, _SQLITE_CORRUPT: CORRUPT,
+                 _SQLITE_NOTADB: CORRUPT, _SQLITE_FULL: FULL, _SQLITE_READONLY: READONLY,
+                 _SQLITE_CANTOPEN: CANTOPEN}
+# Before Python 3.11 an sqlite3 error carries no result code, only the text of
+# sqlite3_errmsg(), and sqlite3.OperationalError covers BUSY and LOCKED but also
+# READONLY, IOERR, FULL, CANTOPEN ...  Reading every OperationalError as "busy"
+# made an unwritable state dir wait out the whole lock timeout and then blame a
+# lock.  So on those versions we have to decide on the text: SQLite's messages
+# for BUSY and LOCKED ("database is locked", "database table is locked",
+# "database schema is locked: <db>") have been the same since SQLite 3.0; FULL,
+# READONLY and CORRUPT only choose the advice in the message, so a mismatch
+# there costs a less helpful line, never a wait or a wrong decision.  Anything
+# not recognised is "other": reported at once, never retried.
+_KIND_OF_MESSAGE = ((re.compile(r"database (table |schema )?is locked\b"), BUSY),
+                    (re.compile(r"database or disk is full"), FULL),
+                    (re.compile(r"readonly database|read-only file system"), READONLY),
+                    (re.compile(r"unable to open database file"), CANTOPEN),
+                    (re.compile(r"database disk image is malformed|file is not a database"),
+                     CORRUPT))
+
+# The owner of a reset claim (see the module docstring): not a UUID libvirt gives.
+RESET_OWNER = "vfmigrate-reset"
+RESET_OWNER_NAME = "vfmigrate (VF reset)"
+RESETTING, RESET_FAILED = "resetting", "reset failed"
 
 _COLUMNS = "id, vf, network, domain_uuid, domain_name, state, created, updated, reason"
+
+
+class LedgerBadRow(LedgerError):
+    msg_fmt = ("ledger {path}: claim row {row} is unreadable ({problem}); correct or delete "
+               "it with sqlite3 (while it is there, vfmigrate hands out no VF)")
+
+
+class LedgerFull(LedgerError):
+    msg_fmt = ("ledger {path}: the file system is full ({problem}); nothing was changed: "
+               "free space under {directory}")
+
+
+class LedgerReadOnly(LedgerError):
+    msg_fmt = ("ledger {path} cannot be written ({problem}); nothing was changed: make "
+               "{directory} writable for root (is its file system mounted read-only?)")
+
+
+class LedgerCannotOpen(LedgerError):
+    msg_fmt = ("ledger {path} cannot be opened ({problem}); SQLite creates its -wal and "
+               "-shm files next to it: make {directory} writable for root (is its file "
+               "system mounted read-only?)")
+
+
+def classify(error: sqlite3.Error) -> str:
+    """What kind of failure ``error`` is: BUSY, CORRUPT, FULL, READONLY, CANTOPEN or OTHER.
+
+    Decided on the SQLite result code where Python gives it (>= 3.11), else on
+    the exception class and SQLite's message (see ``_KIND_OF_MESSAGE``).
+    """
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return _KIND_OF_CODE.get(code & 0xFF, OTHER)
+    text = str(error)
+    for pattern, kind in _KIND_OF_MESSAGE:
+        if pattern.search(text):
+            return kind
+    # DatabaseError itself (not a subclass) is what SQLITE_CORRUPT/NOTADB raise.
+    return CORRUPT if type(error) is sqlite3.DatabaseError else OTHER
 
 
 class Claim(namedtuple("Claim", "id vf network domain_uuid domain_name state created "
@@ -64,7 +154,32 @@ class Claim(namedtuple("Claim", "id vf network domain_uuid domain_name state cre
 
     @classmethod
     def from_row(cls, row: tuple) -> Claim:
-        return cls(row[0], PciAddress.parse(row[1]), *row[2:])
+        """The claim of a row; ValueError naming the first field that is wrong."""
+        row_id, vf, network, domain_uuid, domain_name, state, created, updated, reason = row
+        for name, value in (("network", network), ("domain_uuid", domain_uuid),
+                            ("domain_name", domain_name), ("state", state),
+                            ("reason", reason)):
+            if not isinstance(value, str):
+                raise ValueError(f"{name} is {value!r}, not text")
+        for name, value in (("created", created), ("updated", updated)):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise ValueError(f"{name} is {value!r}, not a time")
+        if not isinstance(vf, str):
+            raise ValueError(f"vf is {vf!r}, not a PCI address")
+        return cls(row_id, PciAddress.parse(vf), network, domain_uuid, domain_name, state,
+                   created, updated, reason)
+
+    @property
+    def is_reset(self) -> bool:
+        """A reset claim: vfmigrate holds the VF while it resets it, or after that failed."""
+        return self.domain_uuid == RESET_OWNER
+
+    @property
+    def reset_state(self) -> str | None:
+        """RESETTING or RESET_FAILED for a reset claim, else None."""
+        if not self.is_reset:
+            return None
+        return RESET_FAILED if self.reason.startswith(RESET_FAILED) else RESETTING
 
     def as_dict(self) -> dict:
         return {"vf": str(self.vf), "network": self.network, "domain_uuid": self.domain_uuid,
@@ -78,6 +193,7 @@ class Ledger:
         self.path = os.fspath(path)
         self.lock_timeout = lock_timeout
         self.clock = clock
+        self.bad_rows: dict[int, str] = {}   # row id -> problem, seen by lenient reads
         _make_private_dir(os.path.dirname(self.path))
         _make_private_file(self.path)
         try:
@@ -121,18 +237,18 @@ class Ledger:
     # -- errors ---------------------------------------------------------------
 
     def _translate(self, error: sqlite3.Error) -> LedgerError:
-        code = getattr(error, "sqlite_errorcode", None)  # Python >= 3.11
-        if code is not None:
-            primary = code & 0xFF
-            busy = primary in (_SQLITE_BUSY, _SQLITE_LOCKED)
-            corrupt = primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-        else:
-            busy = type(error) is sqlite3.OperationalError
-            corrupt = type(error) is sqlite3.DatabaseError
-        if busy:
+        kind = classify(error)
+        directory = os.path.dirname(self.path)
+        if kind == BUSY:
             return LedgerBusy(path=self.path, timeout=self.lock_timeout)
-        if corrupt:
+        if kind == CORRUPT:
             return LedgerCorrupt(path=self.path, problem=str(error))
+        if kind == FULL:
+            return LedgerFull(path=self.path, problem=str(error), directory=directory)
+        if kind == READONLY:
+            return LedgerReadOnly(path=self.path, problem=str(error), directory=directory)
+        if kind == CANTOPEN:
+            return LedgerCannotOpen(path=self.path, problem=str(error), directory=directory)
         return LedgerError(path=self.path, problem=str(error))
 
     # -- schema ---------------------------------------------------------------
@@ -164,13 +280,25 @@ class Ledger:
         try:
             yield self
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as error:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise self._translate(error) from None
+
+    def _rollback(self) -> None:
+        """Roll back what is left of the transaction.  After some errors (SQLITE_FULL,
+        IOERR, NOMEM …) SQLite has already rolled back by itself: a ROLLBACK then fails
+        with "no transaction is active" and would hide the error that matters, so it is
+        sent only while a transaction is open, and a failure of it is not reported (the
+        connection is closed soon; SQLite rolls back an open transaction then)."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def _write(self, sql: str, parameters: Iterable = ()) -> sqlite3.Cursor:
         if not self._db.in_transaction:
@@ -180,31 +308,49 @@ class Ledger:
         except sqlite3.Error as error:
             raise self._translate(error) from None
 
-    def _read(self, sql: str, parameters: Iterable = ()) -> list[Claim]:
+    def _read(self, sql: str, parameters: Iterable = (), *, strict: bool = True) -> list[Claim]:
+        """The claims of the rows ``sql`` selects.  A row that cannot be read raises
+        LedgerBadRow, or, not ``strict``, is skipped and noted in :attr:`bad_rows`."""
         try:
             rows = self._db.execute(sql, tuple(parameters)).fetchall()
         except sqlite3.Error as error:
             raise self._translate(error) from None
-        return [Claim.from_row(row) for row in rows]
+        claims = []
+        for row in rows:
+            try:
+                claims.append(Claim.from_row(row))
+            except (ValueError, TypeError) as error:
+                if strict:
+                    raise LedgerBadRow(path=self.path, row=row[0], problem=str(error)) from None
+                self.bad_rows[row[0]] = str(error)
+        return claims
+
+    def unreadable_rows(self, *, live_only: bool = False) -> dict[int, str]:
+        """Rows that cannot be read, by id, with what is wrong (for status and reconcile)."""
+        where = "WHERE state <> 'released'" if live_only else ""
+        self.bad_rows = {}
+        self._read(f"SELECT {_COLUMNS} FROM claims {where} ORDER BY id", strict=False)
+        return dict(self.bad_rows)
 
     # -- queries --------------------------------------------------------------
 
-    def live_claims(self) -> list[Claim]:
-        return self._read(f"SELECT {_COLUMNS} FROM claims WHERE state <> 'released' ORDER BY id")
+    def live_claims(self, *, strict: bool = True) -> list[Claim]:
+        return self._read(f"SELECT {_COLUMNS} FROM claims WHERE state <> 'released' ORDER BY id",
+                          strict=strict)
 
-    def claims_of(self, domain_uuid: str) -> list[Claim]:
+    def claims_of(self, domain_uuid: str, *, strict: bool = True) -> list[Claim]:
         """The live claims of one guest."""
         return self._read(f"SELECT {_COLUMNS} FROM claims WHERE state <> 'released' "
-                          "AND domain_uuid = ? ORDER BY id", (domain_uuid,))
+                          "AND domain_uuid = ? ORDER BY id", (domain_uuid,), strict=strict)
 
-    def pending_resets(self) -> list[Claim]:
+    def pending_resets(self, *, strict: bool = True) -> list[Claim]:
         """Released claims whose VF was not reset since, oldest first."""
         return self._read(f"SELECT {_COLUMNS} FROM claims WHERE state = 'released' "
-                          "AND reset_at IS NULL ORDER BY updated, id")
+                          "AND reset_at IS NULL ORDER BY updated, id", strict=strict)
 
-    def history(self, limit: int = 100) -> list[Claim]:
+    def history(self, limit: int = 100, *, strict: bool = True) -> list[Claim]:
         return self._read(f"SELECT {_COLUMNS} FROM claims ORDER BY updated DESC, id DESC "
-                          "LIMIT ?", (limit,))
+                          "LIMIT ?", (limit,), strict=strict)
 
     # -- changes (inside transaction()) ---------------------------------------
 
@@ -227,6 +373,11 @@ class Ledger:
                         (state, now, reason, claim.id))
             changed.append(claim._replace(state=state, updated=now, reason=reason))
         return changed
+
+    def add_reset_claim(self, vf: PciAddress, network: str, reason: str) -> Claim:
+        """Hold ``vf`` for vfmigrate itself while it is reset (see the module docstring)."""
+        return self.add(vf=vf, network=network, domain_uuid=RESET_OWNER,
+                        domain_name=RESET_OWNER_NAME, state=ACTIVE, reason=reason)
 
     def mark_reset(self, vf: PciAddress) -> int:
         """Record that ``vf`` was reset: every pending reset of it is done."""
@@ -251,12 +402,28 @@ def _make_private_dir(directory: str) -> None:
 
 
 def _make_private_file(path: str) -> None:
+    """Create the ledger file 0600, or make an existing one 0600, without opening it.
+
+    An existing ledger is never opened here: closing any descriptor of a file drops
+    all of this process's POSIX locks on it, the locks through which SQLite tells
+    other processes that a connection of ours has it open (a hook closing its
+    connection would then checkpoint and truncate the WAL under ours: "disk I/O
+    error" on our next read)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except FileExistsError:
+        fd = None
     except OSError as error:
         raise LedgerError(path=path, problem=error.strerror or str(error)) from None
+    if fd is not None:
+        os.close(fd)   # new: no connection of ours can hold locks on it yet
     try:
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+        status = os.lstat(path)
+        if stat.S_ISLNK(status.st_mode) or not stat.S_ISREG(status.st_mode):
+            raise LedgerError(path=path, problem="not a regular file (a symlink?); "
+                                                 "move it aside")
+        if status.st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError as error:
+        raise LedgerError(path=path, problem=error.strerror or str(error)) from None

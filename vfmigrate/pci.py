@@ -6,6 +6,20 @@ import re
 from collections import namedtuple
 
 _ADDRESS = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])")
+# A number as libvirt reads it (strtoul, base 0): hex, octal or decimal, ASCII only.
+# Python's int() also takes Unicode digits ('\u0663' is 3), '_', signs and spaces.
+_XML_NUMBER = re.compile(r"0[xX][0-9a-fA-F]{1,8}|0[0-7]{0,11}|[1-9][0-9]{0,9}")
+
+
+def xml_number(text: str) -> int:
+    """An unsigned number written as libvirt reads it; ValueError for anything else."""
+    if not _XML_NUMBER.fullmatch(text):
+        raise ValueError(f"{text[:40]!r} is not a number")
+    if text[:2] in ("0x", "0X"):
+        return int(text[2:], 16)
+    if text[:1] == "0":
+        return int(text, 8)
+    return int(text)
 
 
 class PciAddress(namedtuple("PciAddress", "domain bus slot function")):
@@ -26,7 +40,8 @@ class PciAddress(namedtuple("PciAddress", "domain bus slot function")):
                             slot: str | None, function: str | None) -> PciAddress:
         """Build from libvirt's ``<address type='pci' domain= bus= slot= function=>``.
 
-        libvirt accepts hex with ``0x`` or decimal; an absent domain or function is 0.
+        libvirt accepts hex with ``0x``, octal with ``0`` or decimal (strtoul, base 0;
+        ASCII digits only); an absent domain or function is 0.
         """
         values = []
         for name, raw, limit in (("domain", domain or "0", 0xFFFF), ("bus", bus, 0xFF),
@@ -34,11 +49,11 @@ class PciAddress(namedtuple("PciAddress", "domain bus slot function")):
             if raw is None:
                 raise ValueError(f"PCI address lacks '{name}'")
             try:
-                value = int(raw, 0)
+                value = xml_number(raw)
             except ValueError:
-                raise ValueError(f"PCI address {name}={raw!r} is not a number") from None
+                raise ValueError(f"PCI address {name}={raw[:40]!r} is not a number") from None
             if not 0 <= value <= limit:
-                raise ValueError(f"PCI address {name}={raw!r} is out of range")
+                raise ValueError(f"PCI address {name}={raw[:40]!r} is out of range")
             values.append(value)
         return cls(*values)
 

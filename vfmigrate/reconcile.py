@@ -3,6 +3,28 @@
 Used by the listener (at start, after every reconnect, and for one guest
 after a device was plugged or unplugged) and by ``vfmigrate reconcile``.
 
+**Never harm a running guest.**  Reconcile releases a claim, or resets a VF,
+only on positive evidence: libvirt reports the guest shut off or migrated out
+(it is not in the list of running guests), or no running guest's live XML, as
+libvirt reports it, names that VF.  Whatever reconcile cannot read is no
+evidence:
+
+* a running guest whose live XML vfmigrate rejects (a newer vfmigrate's
+  metadata, an admin's typo, over the size limit …) is *running, unknown*: its
+  claims stay, and so does every claim on, and every pending reset of, a VF
+  that its claims name or that its raw XML mentions anywhere (any PCI address
+  in any ``<address>`` element or in sysfs form, read leniently: holding back
+  a reset too many costs nothing, one too few may cut a guest off).  One
+  warning per such guest says what was wrong;
+* a ledger row that cannot be read may name any VF: it is reported and, while
+  a *live* one is there, no VF is reset;
+* a claim that appeared or changed after the guest list was taken proves
+  nothing about that list: a guest starting meanwhile (its ``prepare`` hook
+  claimed a VF) is not in it.  Callers that pass the guest list as a function,
+  or a :meth:`Reconciler.snapshot` taken before listing (``claims_before``),
+  get releases only of claims older than the list; :meth:`Reconciler.apply`
+  releases a claim only if it is still exactly as planned.
+
 Rules, for the live claims of this host:
 
 * a claim whose guest is not running is released, except an ``incoming``
@@ -15,23 +37,39 @@ Rules, for the live claims of this host:
 * a claimed VF missing from sysfs is logged as vanished.
 
 Then every released VF that nobody holds and that was not reset since is
-reset (MAC zero, VLAN 0, spoof check and trust to host defaults), with the
-ledger's write lock held so that no hook can claim it halfway.
+reset (MAC zero, VLAN 0, spoof check and trust to host defaults).  The reset
+runs *outside* the ledger's write lock, so a slow or hung PF driver never
+keeps hooks from claiming other VFs: a short transaction first gives the VF a
+*reset claim* (see :mod:`vfmigrate.ledger`), so no hook hands it out
+meanwhile; the netlink call runs on a worker thread that reconcile waits for
+at most ``reset_timeout`` seconds; a second short transaction records the
+outcome.  After a failure or a timeout the reset claim stays (the VF is out
+of the free pool and ``vfmigrate status`` lists it) and the reset is retried
+at later reconciles; a reset claim left by a process that died mid-reset is
+taken over once it is older than the reset timeout plus the lock timeout.  A
+hung call is never started twice: while it hangs, the other VFs of its PF
+wait too.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterable
 
 from . import domxml
+from .claims import reset_in_progress, reset_timeout_of
 from .config import Config
 from .errors import BadDomainXML, VfmigrateError
 from .events import Event
-from .inventory import Inventory
-from .ledger import ACTIVE, INCOMING, RELEASED, Claim, Ledger
+from .inventory import VF, Inventory
+from .ledger import ACTIVE, INCOMING, RELEASED, RESET_FAILED, RESETTING, Claim, Ledger
 from .pci import PciAddress
 from .virt import Guest
+
+log = logging.getLogger(__name__)
 
 
 class Correction(namedtuple("Correction", "event vf domain_name domain_uuid network detail claim",
@@ -51,9 +89,65 @@ class GuestVFs(namedtuple("GuestVFs", "uuid name held")):
     __slots__ = ()
 
     @classmethod
-    def from_guest(cls, guest: Guest) -> "GuestVFs":
-        parsed = domxml.parse(guest.xml)
+    def from_guest(cls, guest: Guest, *, allow_stand_ins: bool = False) -> "GuestVFs":
+        parsed = domxml.parse(guest.xml, allow_stand_ins=allow_stand_ins)
         return cls(guest.uuid, guest.name, parsed.held_addresses)
+
+
+class UnknownGuest(namedtuple("UnknownGuest", "uuid name mentioned problem")):
+    """A running guest whose XML vfmigrate rejects: *running, unknown*.
+
+    ``mentioned``: every PCI address its raw XML mentions (a superset of what it
+    may hold); ``problem``: why its XML was rejected."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_guest(cls, guest: Guest, problem: str) -> "UnknownGuest":
+        return cls(guest.uuid, guest.name, frozenset(mentioned_addresses(guest.xml)), problem)
+
+
+class ClaimsSnapshot(frozenset):
+    """The live claims as they were before the guest list was taken: (id, updated)."""
+
+
+_ADDRESS_TAG = re.compile(rb"<(?:[\w.-]+:)?address\b[^>]*>", re.IGNORECASE)
+_XML_ATTRIBUTE = re.compile(rb"""\b(domain|bus|slot|function)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_SYSFS_ADDRESS = re.compile(rb"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
+
+
+def mentioned_addresses(xml: bytes) -> set[PciAddress]:
+    """Every PCI address the raw bytes of a domain XML mention, read leniently.
+
+    For a guest whose XML vfmigrate rejects: ``<address>`` elements of any kind
+    (guest side too) with values read as libvirt reads them and also as plain
+    hex, and any ``DDDD:BB:SS.F`` text (metadata entries).  More addresses than
+    the guest holds is fine: they only hold back releases and resets."""
+    found: set[PciAddress] = set()
+    if isinstance(xml, str):
+        xml = xml.encode("utf-8", "surrogateescape")
+    for tag in _ADDRESS_TAG.finditer(xml):
+        values: dict[str, list[int]] = {}
+        for match in _XML_ATTRIBUTE.finditer(tag.group(0)):
+            raw = (match.group(2) if match.group(2) is not None else match.group(3)).strip()
+            readings = values.setdefault(match.group(1).decode(), [])
+            for base in (0, 16):
+                try:
+                    readings.append(int(raw.decode("ascii"), base))
+                except (ValueError, UnicodeDecodeError):
+                    pass
+        if "bus" not in values or "slot" not in values:
+            continue
+        for domain in values.get("domain", [0]):
+            for bus in values["bus"]:
+                for slot in values["slot"]:
+                    for function in values.get("function", [0]):
+                        if 0 <= domain <= 0xFFFF and 0 <= bus <= 0xFF and 0 <= slot <= 0x1F \
+                                and 0 <= function <= 7:
+                            found.add(PciAddress(domain, bus, slot, function))
+    for match in _SYSFS_ADDRESS.finditer(xml):
+        found.add(PciAddress.parse(match.group(0).decode()))
+    return found
 
 
 class NoReset:
@@ -74,55 +168,119 @@ def vf_resetter(config: Config):
     return VFNetlink(config.sysfs_root)
 
 
+class _ResetOutcome(namedtuple("_ResetOutcome", "unsupported failure")):
+    __slots__ = ()
+
+
 class Reconciler:
     def __init__(self, config: Config, ledger: Ledger, *,
                  inventory_factory: Callable[[], Inventory] | None = None,
-                 vf_netlink, clock: Callable[[], float] | None = None) -> None:
+                 vf_netlink, clock: Callable[[], float] | None = None,
+                 reset_timeout: float | None = None) -> None:
+        """``vf_netlink`` resets VFs (``reset(vf)``); ``reset_timeout`` (seconds, default
+        the config's ``reset_timeout`` or 10) bounds the wait for one reset."""
         self.config = config
         self.ledger = ledger
         self.inventory_factory = inventory_factory or (
             lambda: Inventory(config.sysfs_root, config.networks.values()))
         self.vf_netlink = vf_netlink
         self.clock = clock or ledger.clock
+        self.reset_timeout = (reset_timeout if reset_timeout is not None
+                              else reset_timeout_of(config))
+        self._hung: dict[PciAddress, tuple[threading.Thread, PciAddress, float]] = {}
 
     # -- planning -------------------------------------------------------------
 
-    def guests_from(self, guests: Iterable[Guest]) -> tuple[list[GuestVFs], list[Correction]]:
-        parsed, problems = [], []
+    def snapshot(self) -> ClaimsSnapshot:
+        """The live claims now: take it *before* listing the guests (``claims_before``)."""
+        return ClaimsSnapshot((claim.id, claim.updated)
+                              for claim in self.ledger.live_claims(strict=False))
+
+    def read_guests(self, guests: Iterable[Guest]
+                    ) -> tuple[list[GuestVFs], list[UnknownGuest], list[Correction]]:
+        """The running guests whose XML can be read, those that cannot (running,
+        unknown), and one warning for each of the latter."""
+        parsed, unknown, problems = [], [], []
         for guest in guests:
             try:
-                parsed.append(GuestVFs.from_guest(guest))
+                parsed.append(GuestVFs.from_guest(
+                    guest, allow_stand_ins=self.config.allow_stand_ins))
             except BadDomainXML as error:
-                problems.append(Correction(Event.CONFLICT, "-", guest.name, guest.uuid, None,
-                                           f"cannot read its XML: {error}"))
+                unknown.append(UnknownGuest.from_guest(guest, str(error)))
+                problems.append(Correction(
+                    Event.CONFLICT, "-", guest.name, guest.uuid, None,
+                    f"cannot read its XML: {error}; it is running, so its VFs stay claimed "
+                    "and no VF it may hold is released or reset"))
+        return parsed, unknown, problems
+
+    def guests_from(self, guests: Iterable[Guest]) -> tuple[list[GuestVFs], list[Correction]]:
+        parsed, _, problems = self.read_guests(guests)
         return parsed, problems
 
-    def plan(self, guests: list[GuestVFs], *, only_uuid: str | None = None) -> list[Correction]:
+    def plan(self, guests: list[GuestVFs], *, only_uuid: str | None = None,
+             unknown: Iterable[UnknownGuest] = (),
+             claims_before: ClaimsSnapshot | None = None) -> list[Correction]:
         """What to change so the ledger matches ``guests`` (all running guests,
-        or, with ``only_uuid``, that guest alone: [] if it is not running)."""
+        or, with ``only_uuid``, that guest alone: [] if it is not running).
+
+        ``unknown``: running guests whose XML cannot be read (their claims and the
+        VFs they may hold are left alone).  ``claims_before``: a snapshot taken before
+        the guest list; only claims in it, unchanged, are released."""
         inventory = self.inventory_factory()
         now = self.clock()
-        claims = self.ledger.live_claims()
+        self.ledger.bad_rows = {}
+        claims = self.ledger.live_claims(strict=False)
+        bad_rows = dict(self.ledger.bad_rows)
+        unknown = list(unknown)
+        unknown_uuids = {guest.uuid for guest in unknown}
+        maybe_held = {address for guest in unknown for address in guest.mentioned}
+        maybe_held |= {claim.vf for claim in claims if claim.domain_uuid in unknown_uuids}
         by_uuid = {guest.uuid: guest for guest in guests}
         corrections: list[Correction] = []
+        if only_uuid is None:
+            for row, problem in sorted(bad_rows.items()):
+                corrections.append(Correction(
+                    Event.CONFLICT, "-", None, None, None,
+                    f"ledger {self.ledger.path} row {row} cannot be read ({problem}); no VF "
+                    "is reset and none handed out until it is corrected or deleted"))
         holders: dict[PciAddress, list[GuestVFs]] = {}
         for guest in guests:
             for address in guest.held:
                 holders.setdefault(address, []).append(guest)
 
-        claim_of = {claim.vf: claim for claim in claims}
+        def provable(claim: Claim) -> bool:
+            """Whether the guest list can tell about this claim (see the module docstring)."""
+            return (claim.vf not in maybe_held
+                    and (claims_before is None or (claim.id, claim.updated) in claims_before))
+
+        claim_of = {}
         for claim in claims:
+            if claim.is_reset:
+                # vfmigrate's own hold on a VF it resets: reset_pending looks after it,
+                # unless a running guest holds the VF, which ends any reset of it.
+                named_by = holders.get(claim.vf)
+                if named_by and (only_uuid is None or any(g.uuid == only_uuid for g in named_by)):
+                    corrections.append(_release(claim, Event.CORRECTED, (
+                        f"reset given up ({claim.reset_state}): running guest "
+                        f"'{named_by[0].name}' holds this VF")))
+                else:
+                    claim_of[claim.vf] = claim
+                continue
+            claim_of[claim.vf] = claim
             if only_uuid is not None and claim.domain_uuid != only_uuid:
                 continue
+            if claim.domain_uuid in unknown_uuids:
+                continue   # running, unknown: its claims stay
             guest = by_uuid.get(claim.domain_uuid)
             if guest is None:
                 if claim.state == INCOMING and now - claim.updated <= self.config.reservation_timeout:
-                    continue
-                detail = ("incoming claim expired: the guest never arrived"
-                          if claim.state == INCOMING else "the guest is not running")
-                corrections.append(_release(claim, Event.EXPIRED if claim.state == INCOMING
-                                            else Event.CORRECTED, detail))
-            elif claim.vf not in guest.held:
+                    pass
+                elif provable(claim):
+                    detail = ("incoming claim expired: the guest never arrived"
+                              if claim.state == INCOMING else "the guest is not running")
+                    corrections.append(_release(claim, Event.EXPIRED if claim.state == INCOMING
+                                                else Event.CORRECTED, detail))
+            elif claim.vf not in guest.held and provable(claim):
                 corrections.append(_release(claim, Event.CORRECTED,
                                             "the guest no longer holds this VF"))
             if inventory.find_vf(claim.vf) is None:
@@ -155,15 +313,19 @@ class Reconciler:
     # -- applying -------------------------------------------------------------
 
     def apply(self, corrections: list[Correction]) -> list[Correction]:
-        """Carry out the releases and additions of a plan in one transaction."""
+        """Carry out the releases and additions of a plan in one transaction.
+
+        A claim is released only if it is still exactly as planned: one a hook
+        changed meanwhile (activated, taken over, released) is left to the next
+        reconcile."""
         applied = []
         with self.ledger.transaction():
-            live = {claim.id: claim for claim in self.ledger.live_claims()}
+            live = {claim.id: claim for claim in self.ledger.live_claims(strict=False)}
             held = {claim.vf for claim in live.values()}
             for correction in corrections:
                 claim = correction.claim
                 if claim is not None and correction.event is not Event.VANISHED:
-                    if claim.id in live:   # not released meanwhile by a hook
+                    if live.get(claim.id) == claim:   # not changed meanwhile by a hook
                         self.ledger.set_state([claim], RELEASED, f"reconcile: {correction.detail}")
                         held.discard(claim.vf)
                         applied.append(correction)
@@ -178,62 +340,179 @@ class Reconciler:
                     applied.append(correction)
         return applied
 
+    # -- resets ---------------------------------------------------------------
+
     def reset_pending(self, *, dry_run: bool = False,
-                      holders: set[PciAddress] | None = None) -> list[Correction]:
-        """Reset every released VF that nobody holds or claims and that was not reset."""
+                      holders: set[PciAddress] | None = None,
+                      maybe_held: set[PciAddress] | None = None) -> list[Correction]:
+        """Reset every released VF that nobody holds or claims and that was not reset.
+
+        ``holders``: VFs running guests hold (their resets are not owed any more);
+        ``maybe_held``: VFs a running guest whose XML cannot be read may hold (their
+        resets wait).  Each reset runs outside the ledger lock under a reset claim."""
+        holders = holders or set()
+        maybe_held = maybe_held or set()
+        if self.ledger.unreadable_rows(live_only=True):
+            return []   # a live row we cannot read may name any VF: reported by plan()
         inventory = self.inventory_factory()
         done: list[Correction] = []
-        seen: set[PciAddress] = set()
-        for pending in self.ledger.pending_resets():
-            if pending.vf in seen:
+        pending: dict[PciAddress, Claim] = {}
+        for claim in self.ledger.pending_resets(strict=False):
+            pending.setdefault(claim.vf, claim)
+        for claim in self.ledger.live_claims(strict=False):
+            if claim.is_reset:
+                pending.setdefault(claim.vf, claim)
+        for address, first in pending.items():
+            hung = self._hung.get(address)
+            if hung is not None and hung[0].is_alive():
+                done.append(_reset_correction(first, (
+                    f"reset failed: the reset started {self.clock() - hung[2]:.0f} s ago still "
+                    "hangs in the PF driver; the VF stays out of use")))
                 continue
-            seen.add(pending.vf)
-            vf = inventory.find_vf(pending.vf)
+            self._hung.pop(address, None)
+            vf = inventory.find_vf(address)
+            if vf is not None and self._pf_hangs(vf.pf):
+                continue   # its PF hangs on another VF's reset: it waits its turn
             if dry_run:
-                done.append(Correction(Event.RESET, pending.vf, pending.domain_name,
-                                       pending.domain_uuid, pending.network,
-                                       "would reset MAC, VLAN, spoof check, trust"))
+                if address not in holders and address not in maybe_held:
+                    done.append(_reset_correction(first, "would reset MAC, VLAN, spoof check, "
+                                                         "trust"))
                 continue
-            with self.ledger.transaction():
-                claimed = any(claim.vf == pending.vf for claim in self.ledger.live_claims())
-                if claimed or (holders and pending.vf in holders):
-                    self.ledger.mark_reset(pending.vf)   # in use again: not ours to reset
-                    continue
-                if vf is None:
-                    self.ledger.mark_reset(pending.vf)
-                    done.append(Correction(Event.VANISHED, pending.vf, pending.domain_name,
-                                           pending.domain_uuid, pending.network,
-                                           "released VF is gone from sysfs: nothing to reset"))
-                    continue
-                try:
-                    unsupported = self.vf_netlink.reset(vf)
-                except VfmigrateError as error:   # left pending: retried next time
-                    done.append(Correction(Event.RESET, pending.vf, pending.domain_name,
-                                           pending.domain_uuid, pending.network,
-                                           f"reset failed: {error}"))
-                    continue
-                self.ledger.mark_reset(pending.vf)
-            if unsupported is None:
-                detail = "left as it is (vf_reset = none)"
-            else:
-                note = (f" ({', '.join(unsupported)} not supported by the driver)"
-                        if unsupported else "")
-                detail = (f"reset on PF {vf.pf} vf {vf.index}: MAC 0, VLAN 0, spoofchk "
-                          f"{'on' if self.vf_netlink.spoofchk else 'off'}, trust "
-                          f"{'on' if self.vf_netlink.trust else 'off'}{note}")
-            done.append(Correction(Event.RESET, pending.vf, pending.domain_name,
-                                   pending.domain_uuid, pending.network, detail))
+            started = self._start_reset(address, vf, holders, maybe_held, done)
+            if started is None:
+                continue
+            outcome = self._run_reset(vf)
+            done.append(self._finish_reset(started, vf, outcome))
         return done
 
-    def reconcile(self, guests: Iterable[Guest], *, only_uuid: str | None = None,
-                  dry_run: bool = False) -> list[Correction]:
-        parsed, problems = self.guests_from(guests)
-        plan = self.plan(parsed, only_uuid=only_uuid)
+    def _pf_hangs(self, pf: PciAddress) -> bool:
+        return any(thread.is_alive() and hung_pf == pf
+                   for thread, hung_pf, _ in self._hung.values())
+
+    def _start_reset(self, address: PciAddress, vf: VF | None, holders: set[PciAddress],
+                     maybe_held: set[PciAddress], done: list[Correction]) -> Claim | None:
+        """In one short transaction: the reset claim to reset ``address`` under, or None
+        if it is not to be reset now (in use, held back, gone, being reset elsewhere)."""
+        with self.ledger.transaction():
+            now = self.clock()
+            claim = next((c for c in self.ledger.live_claims(strict=False) if c.vf == address),
+                         None)
+            pending = [c for c in self.ledger.pending_resets(strict=False) if c.vf == address]
+            if claim is not None and not claim.is_reset:
+                self.ledger.mark_reset(address)   # in use again: not ours to reset
+                return None
+            if address in holders:
+                if claim is not None:
+                    self.ledger.set_state([claim], RELEASED, "reset given up: a running guest "
+                                                            "holds the VF")
+                self.ledger.mark_reset(address)
+                return None
+            if address in maybe_held:
+                return None   # a running guest whose XML cannot be read may hold it
+            if vf is None:
+                if claim is not None:
+                    self.ledger.set_state([claim], RELEASED, "reset given up: the VF is gone")
+                self.ledger.mark_reset(address)
+                about = pending[0] if pending else claim
+                done.append(Correction(Event.VANISHED, address, about.domain_name,
+                                       about.domain_uuid, about.network,
+                                       "released VF is gone from sysfs: nothing to reset"))
+                return None
+            reason = f"{RESETTING}: for at most {self.reset_timeout:g} s since {now:.0f}"
+            if claim is None:
+                if not pending:
+                    return None   # reset meanwhile by another process
+                claim = self.ledger.add_reset_claim(address, vf.network, reason)
+            elif reset_in_progress(claim, now, self.config, self.ledger.lock_timeout):
+                return None   # another process is resetting it right now
+            else:   # failed, or left behind by a process that died mid-reset: retry
+                [claim] = self.ledger.set_state([claim], ACTIVE, reason)
+            return claim
+
+    def _run_reset(self, vf: VF) -> _ResetOutcome:
+        """``vf_netlink.reset(vf)`` on a worker thread, waited for ``reset_timeout`` s."""
+        result: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                result["unsupported"] = self.vf_netlink.reset(vf)
+            except VfmigrateError as error:
+                result["failure"] = str(error)
+            except Exception as error:   # a bug in the resetter: the VF stays out of use
+                log.exception("resetting VF %s failed", vf.address)
+                result["failure"] = f"internal error: {type(error).__name__}: {error}"
+
+        started = self.clock()
+        thread = threading.Thread(target=work, name=f"vf-reset-{vf.address}", daemon=True)
+        thread.start()
+        thread.join(self.reset_timeout)
+        if thread.is_alive():
+            self._hung[vf.address] = (thread, vf.pf, started)
+            return _ResetOutcome(None, f"no answer from the PF driver within "
+                                       f"{self.reset_timeout:g} s (reset_timeout)")
+        if "failure" in result:
+            return _ResetOutcome(None, result["failure"])
+        return _ResetOutcome(result.get("unsupported"), None)
+
+    def _finish_reset(self, claim: Claim, vf: VF, outcome: _ResetOutcome) -> Correction:
+        """In one short transaction: record the outcome under the reset claim."""
+        if outcome.failure is not None:
+            detail = f"{RESET_FAILED}: {outcome.failure}; the VF stays out of use until a reset succeeds"
+        elif outcome.unsupported is None:
+            detail = "left as it is (vf_reset = none)"
+        else:
+            note = (f" ({', '.join(outcome.unsupported)} not supported by the driver)"
+                    if outcome.unsupported else "")
+            detail = (f"reset on PF {vf.pf} vf {vf.index}: MAC 0, VLAN 0, spoofchk "
+                      f"{'on' if self.vf_netlink.spoofchk else 'off'}, trust "
+                      f"{'on' if self.vf_netlink.trust else 'off'}{note}")
+        with self.ledger.transaction():
+            current = next((c for c in self.ledger.live_claims(strict=False)
+                            if c.id == claim.id), None)
+            if current == claim:   # else a guest took the VF over meanwhile: its business
+                if outcome.failure is not None:
+                    self.ledger.set_state([claim], ACTIVE, detail)
+                else:
+                    self.ledger.set_state([claim], RELEASED, "reset done")
+                    self.ledger.mark_reset(vf.address)
+        about = self._last_owner(vf.address) or claim
+        return Correction(Event.RESET, vf.address, about.domain_name, about.domain_uuid,
+                          about.network, detail)
+
+    def _last_owner(self, address: PciAddress) -> Claim | None:
+        """The guest claim the VF was last released from (for the report)."""
+        for claim in self.ledger.history(1000, strict=False):
+            if claim.vf == address and not claim.is_reset:
+                return claim
+        return None
+
+    def reconcile(self, guests: Iterable[Guest] | Callable[[], Iterable[Guest]], *,
+                  only_uuid: str | None = None, dry_run: bool = False,
+                  claims_before: ClaimsSnapshot | None = None) -> list[Correction]:
+        """Plan, apply, reset.  ``guests``: the running guests as libvirt lists them, or
+        a function listing them (then the claims are snapshot first: exact)."""
+        if callable(guests):
+            claims_before = self.snapshot()
+            guests = guests()
+        parsed, unknown, problems = self.read_guests(guests)
+        plan = self.plan(parsed, only_uuid=only_uuid, unknown=unknown,
+                         claims_before=claims_before)
         applied = plan if dry_run else self.apply(plan)
         holders = {address for guest in parsed for address in guest.held}
-        return problems + applied + self.reset_pending(dry_run=dry_run, holders=holders)
+        maybe_held = {address for guest in unknown for address in guest.mentioned}
+        if unknown:
+            unknown_uuids = {guest.uuid for guest in unknown}
+            maybe_held |= {claim.vf for claim in self.ledger.live_claims(strict=False)
+                           if claim.domain_uuid in unknown_uuids}
+        return problems + applied + self.reset_pending(dry_run=dry_run, holders=holders,
+                                                       maybe_held=maybe_held)
 
 
 def _release(claim: Claim, event: Event, detail: str) -> Correction:
     return Correction(event, claim.vf, claim.domain_name, claim.domain_uuid, claim.network,
                       detail, claim)
+
+
+def _reset_correction(claim: Claim, detail: str) -> Correction:
+    return Correction(Event.RESET, claim.vf, claim.domain_name, claim.domain_uuid,
+                      claim.network, detail)

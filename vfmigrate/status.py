@@ -1,4 +1,9 @@
-"""What ``vfmigrate status`` shows: every VF of every network, with its owner."""
+"""What ``vfmigrate status`` shows: every VF of every network, with its owner.
+
+A VF under a reset claim shows as ``resetting`` or ``reset-failed`` (out of
+the free pool until a reset succeeds); ledger rows that cannot be read are
+listed in :attr:`HostStatus.problems` as one-line sentences.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .inventory import Inventory
-from .ledger import Claim, Ledger
+from .ledger import RESET_FAILED, Claim, Ledger
 from .running import RunningGuest
 
 
@@ -14,7 +19,8 @@ from .running import RunningGuest
 class VFStatus:
     address: str
     index: int
-    state: str            # free, incoming, active, in-use (by a running guest, unclaimed)
+    state: str            # free, incoming, active, in-use (by a running guest, unclaimed),
+                          # resetting, reset-failed (vfmigrate holds it: see ledger)
     domain_name: str | None
     domain_uuid: str | None
     since: float | None
@@ -50,6 +56,7 @@ class NetworkStatus:
 class HostStatus:
     networks: list[NetworkStatus]
     stray_claims: list[Claim]      # live claims on VFs no network has any more
+    problems: list[str] = field(default_factory=list)   # one-line sentences
 
     def as_dict(self) -> dict:
         return {
@@ -58,18 +65,25 @@ class HostStatus:
                 "missing_pfs": network.missing_pfs,
                 "counts": {state: network.count(state)
                            for state in ("free", "incoming", "active", "in-use")},
+                "out_of_use": {state: network.count(state)
+                               for state in ("resetting", "reset-failed")},
                 "pfs": [{"spec": pf.spec, "address": pf.address, "num_vfs": pf.num_vfs,
                          "total_vfs": pf.total_vfs,
                          "vfs": [vars(vf) | {"netdevs": list(vf.netdevs)} for vf in pf.vfs]}
                         for pf in network.pfs],
             } for network in self.networks],
             "stray_claims": [claim.as_dict() for claim in self.stray_claims],
+            "problems": list(self.problems),
         }
 
 
 def host_status(config: Config, inventory: Inventory, ledger: Ledger,
                 running: dict[str, RunningGuest]) -> HostStatus:
-    claims = {claim.vf: claim for claim in ledger.live_claims()}
+    bad_rows = ledger.unreadable_rows()
+    problems = [f"ledger {ledger.path}: claim row {row} is unreadable ({problem}); correct or "
+                "delete it with sqlite3 (while it is live, vfmigrate hands out no VF)"
+                for row, problem in sorted(bad_rows.items())]
+    claims = {claim.vf: claim for claim in ledger.live_claims(strict=False)}
     in_use = {address: guest for guest in running.values() for address in guest.pci_sources}
     seen = set()
     networks = []
@@ -86,7 +100,11 @@ def host_status(config: Config, inventory: Inventory, ledger: Ledger,
                 details = inventory.details(vf.address)
                 claim = claims.get(vf.address)
                 guest = in_use.get(vf.address)
-                if claim is not None:
+                if claim is not None and claim.is_reset:
+                    state, owner, uuid, since = (
+                        "reset-failed" if claim.reset_state == RESET_FAILED else "resetting",
+                        None, None, claim.updated)
+                elif claim is not None:
                     state, owner, uuid, since = (claim.state, claim.domain_name,
                                                  claim.domain_uuid, claim.updated)
                 elif guest is not None:
@@ -101,4 +119,7 @@ def host_status(config: Config, inventory: Inventory, ledger: Ledger,
         networks.append(NetworkStatus(name=name, pfs=pfs,
                                       missing_pfs=inventory.missing_pfs.get(name, [])))
     stray = [claim for address, claim in claims.items() if address not in seen]
-    return HostStatus(networks=networks, stray_claims=stray)
+    for claim in claims.values():
+        if claim.reset_state == RESET_FAILED:
+            problems.append(f"VF {claim.vf} ({claim.network}) is out of use: {claim.reason}")
+    return HostStatus(networks=networks, stray_claims=stray, problems=problems)

@@ -202,7 +202,8 @@ def with_simulated_vf(xml: str, vf: PciAddress, mac: str, network: str = NETWORK
 def simulated_vf_of(xml: str) -> str | None:
     """The host address of the simulated VF a guest's XML declares."""
     from vfmigrate import domxml
-    devices = [d for d in domxml.parse(xml.encode()).devices if d.kind == "metadata"]
+    devices = [d for d in domxml.parse(xml.encode(), allow_stand_ins=True).devices
+               if d.kind == "metadata"]
     return str(devices[0].address) if devices else None
 
 
@@ -211,6 +212,9 @@ def configure_host(host: Host, index: int, install: Installation, vf_count: int,
     """Fake sysfs, /etc/vfmigrate/vfmigrate.conf and the hook, before libvirtd starts."""
     card, pf = HOST_CARDS[index]
     vfs = FakeSysfs(host.root / "sys").add_pf(card, pf, "ens1f0", vf_count, vfio_vfs=vf_count)
+    # the simulated VFs are test-only metadata entries: a testbed host allows them
+    if "allow_stand_ins" not in extra_config:
+        extra_config = "allow_stand_ins = yes\n" + extra_config
     (host.etc_vfmigrate / "vfmigrate.conf").write_text(
         f"[vfmigrate]\nsysfs_root = {host.root / 'sys'}\nvf_reset = none\n{extra_config}\n"
         f"[network {NETWORK}]\npfs = ens1f0\n")

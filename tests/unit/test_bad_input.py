@@ -52,6 +52,35 @@ XML_CASES = {
                            "network '../../etc' is not a valid label"),
     "unknown network": (GOOD.replace(b"network='physnet1'", b"network='physnet9'"), 1,
                         "needs network 'physnet9'"),
+    # Digits str.isdigit() takes but int() does not ('²'), or int() reads but libvirt
+    # does not ('٣' is 3 to Python; '_', signs, spaces): one line, exit 3, never 70.
+    "superscript metadata vlan": (GOOD.replace(b"network='physnet1'",
+                                               "network='physnet1' vlan='\u00b2'".encode()),
+                                  3, "vlan '\u00b2' is not 0-4095"),
+    "char reference to a superscript": (GOOD.replace(b"network='physnet1'",
+                                                     b"network='physnet1' vlan='&#xB2;'"),
+                                        3, "vlan '\u00b2' is not 0-4095"),
+    "superscript vlan tag": (GOOD.replace(b"<teaming type='transient'",
+                                          "<vlan><tag id='\u00b2'/></vlan><teaming "
+                                          "type='transient'".encode()),
+                             3, "<interface> <vlan><tag id='\u00b2'> is not a VLAN ID 0-4095"),
+    "arabic-indic pci bus": (GOOD.replace(b"bus='0x5e'", "bus='\u0663'".encode()), 3,
+                             "PCI address bus='\u0663' is not a number"),
+    "underscore in pci function": (GOOD.replace(b"function='0x3'", b"function='0x_3'"), 3,
+                                   "PCI address function='0x_3' is not a number"),
+    "fullwidth metadata address": (GOOD.replace(b"network='physnet1'",
+                                                "network='physnet1' address='0000:5e:02.\uff13'"
+                                                .encode()),
+                                   3, "is not a PCI address (DDDD:BB:SS.F)"),
+    "nested 40,000 deep": (GOOD.replace(b"<devices>", b"<devices>" + b"<a>" * 40_000
+                                        + b"</a>" * 40_000),
+                           3, "elements are nested deeper than 1024 levels"),
+    "NUL byte": (GOOD.replace(b"<memory", b"<memory\0"), 3, "NUL bytes"),
+    "duplicate attribute": (GOOD.replace(b"bus='0x5e'", b"bus='0x5e' bus='0x3b'"), 3,
+                            "duplicate attribute"),
+    "latin-1 declared": (b"<?xml version='1.0' encoding='ISO-8859-1'?>"
+                         + GOOD.replace(b"<name>web1", b"<name>w\xe9b1"), 3,
+                         "not well-formed"),
 }
 
 
@@ -190,3 +219,67 @@ def test_internal_error_is_one_line_not_a_traceback(host, monkeypatch):
     assert result.code == 70
     assert result.stderr == ("vfmigrate: internal error: KeyError: 'boom'; please report it "
                              "with the journal's traceback\n")
+
+
+def test_more_tricks_change_nothing_they_should_not(host):
+    """What else was tried against the migrate hook, and what it does (issue 12):
+
+    * entities: DOCTYPE/ENTITY are refused (cases above); character references are
+      decoded as libvirt decodes them (``bus='&#x30;x5e'`` is ``0x5e``) and the rewrite
+      replaces the whole value, reference included;
+    * a 1.9 MB attribute value on ``<alias>``: read in linear time, rewritten around;
+    * duplicate attributes and NUL bytes: refused by the parser (cases above);
+    * namespace tricks: vfmigrate's element under another prefix or as the default
+      namespace is read the same; a ``vfmigrate:network`` attribute (namespaced) is not
+      ``network``; entries outside ``<metadata>`` are not read; a second
+      ``<vfmigrate:vfs>`` is ignored, as libvirt keeps only the first;
+    * byte order marks: a UTF-8 BOM is read; UTF-16 (and any declared encoding but
+      UTF-8) is refused by the parser; the hook's pre-check sees no ``hostdev`` in it;
+    * CDATA around ``<uuid>`` text is text; attributes cannot be CDATA;
+    * an attribute value holding `` bus='0x01'`` after a non-ASCII attribute name: only
+      the real ``bus`` is rewritten (tests/unit/test_safety_parsing.py);
+    * test-only metadata kinds (``simulated``, ``stand-in``) without ``allow_stand_ins``:
+      claim nothing (below).
+    """
+    vf = str(host.physnet1_vfs[0])
+    tricks = [
+        GOOD.replace(b"bus='0x5e'", b"bus='&#x30;x5e'"),
+        GOOD.replace(b"<alias name='ua-vf0'/>", b"<alias name='ua-vf0' x='" + b"a" * 1_900_000
+                     + b"'/>"),
+        GOOD.replace(b"vfmigrate:", b"v:").replace(b"xmlns:vfmigrate", b"xmlns:v"),
+        GOOD.replace(b"<uuid>", b"<uuid><![CDATA[").replace(b"</uuid>", b"]]></uuid>"),
+        b"\xef\xbb\xbf" + GOOD,
+        GOOD.replace(b"<address type='pci' domain=",
+                     "<address d\u00e9coy=\" bus='0x01'\" type='pci' domain=".encode()),
+    ]
+    for index, xml in enumerate(tricks):
+        result = host.hook("migrate", xml.replace(b"<name>web1", f"<name>t{index}".encode()),
+                           domain=f"t{index}")
+        assert result.code == 0, (index, result.stderr)
+        [device] = domxml.parse(result.stdout).devices
+        assert str(device.address) == vf, index
+        release = host.hook("release", result.stdout, domain=f"t{index}")
+        assert release.code == 0 and host.live_claims() == [], index
+
+
+def test_test_only_vf_entries_claim_nothing_on_a_production_host(host):
+    """``device='simulated'``/``'stand-in'`` entries on a host without
+    ``allow_stand_ins``: before, a guest with no PCI device took a VF per entry (here
+    every VF of physnet2).  Now they claim nothing; the hook may refuse the guest in
+    one line naming allow_stand_ins, or let it through unchanged."""
+    from vfmigrate import METADATA_NAMESPACE
+    from .domains import plain_guest
+    entries = "".join(f"<v:vf mac='52:54:00:00:01:{index:02x}' network='physnet2' "
+                      f"device='simulated'/>" for index in range(4))
+    entries += "<v:vf mac='52:54:00:00:02:01' network='physnet1' device='stand-in' " \
+               "bridge='br0' replug='on-arrival'/>"
+    xml = plain_guest("nopci").replace(b"<memory", f"<metadata><v:vfs xmlns:v="
+                                       f"'{METADATA_NAMESPACE}'>{entries}</v:vfs></metadata>"
+                                       f"<memory".encode(), 1)
+    before = ledger_snapshot(host)
+    for operation in ("migrate", "prepare", "start", "started", "reconnect", "release"):
+        result = host.hook(operation, xml, domain="nopci")
+        assert result.stdout == b""
+        assert result.code == 0 or (operation == "migrate" and result.code == 1
+                                    and "allow_stand_ins" in result.stderr), result.stderr
+        assert ledger_snapshot(host) == before, operation

@@ -176,3 +176,24 @@ def test_text_output_names_each_device_and_network(host, tmp_path):
     assert lines[1] == (f"  device 52:54:00:00:00:01 (VF {host.physnet1_vfs[5]}, network "
                         "physnet1): assisted: no teaming: unplugged before and plugged in "
                         "after the migration")
+
+
+def test_test_only_vf_entries_are_a_problem_unless_allowed(host, tmp_path):
+    """A simulated VF in the guest's metadata is a testbed's; on a host without
+    ``allow_stand_ins`` it is no VF to move, and the check says why it cannot."""
+    from vfmigrate import METADATA_NAMESPACE
+    path = tmp_path / "source.xml"
+    path.write_text(f"<node><domain type='test'><name>vfguest</name><memory>65536</memory>"
+                    f"<metadata><v:vfs xmlns:v='{METADATA_NAMESPACE}'><v:vf "
+                    f"mac='52:54:00:00:00:09' network='physnet1' address='{host.physnet1_vfs[7]}' "
+                    f"device='simulated'/></v:vfs></metadata>"
+                    f"<os><type>hvm</type></os><devices/></domain></node>")
+    code, report = check(host, f"test://{path}", destination_host(tmp_path))
+    assert (code, report["devices"]) == (1, [])
+    assert report["problems"] == [
+        "device 52:54:00:00:00:09: a simulated VF in vfmigrate's metadata, which only "
+        f"testbeds use; {host.config_path} has allow_stand_ins = no"]
+    host.write_config(allow_stand_ins="yes")
+    code, report = check(host, f"test://{path}", destination_host(tmp_path))
+    [dev] = report["devices"]
+    assert (code, dev["path"], dev["reason"]) == (10, "assisted", "VF held outside the device list")

@@ -58,6 +58,13 @@ def test_defaults_for_an_empty_file():
     ("[network a]\npfs = e0\ndeny_vfs = /etc/passwd\n", 3, "deny_vfs", "is not a PCI address"),
     ("[network a]\npfs =\n", 2, "pfs", "empty list"),
     ("[vfmigrate]\nlock_timeout = -1\n", 2, "lock_timeout", "must be seconds"),
+    # The same PF written in two cases is one PF (the overlap by netdev is Inventory's).
+    ("[network a]\npfs = 0000:3B:00.0\n[network b]\npfs = 0000:3b:00.0\n", 4, "pfs",
+     "PF 0000:3b:00.0 is already in network 'a'"),
+    # Digits Python's float() reads but an admin would not write: Arabic-Indic, '_'.
+    ("[vfmigrate]\nlock_timeout = \u0661\u0662\n", 2, "lock_timeout", "must be seconds"),
+    ("[vfmigrate]\nreservation_timeout = 1_0\n", 2, "reservation_timeout", "must be seconds"),
+    ("[vfmigrate]\nreservation_timeout = nan\n", 2, "reservation_timeout", "must be seconds"),
 ])
 def test_errors_name_file_line_and_key(text, line, key, problem):
     with pytest.raises(ConfigSyntaxError) as caught:

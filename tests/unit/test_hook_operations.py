@@ -238,6 +238,7 @@ def test_hostdev_teaming_is_rewritten(host):
 
 def test_metadata_only_vfs_are_claimed_and_their_address_rewritten(host):
     from vfmigrate import METADATA_NAMESPACE
+    host.write_config(allow_stand_ins="yes")   # 'simulated' is a testbed kind
     xml = plain_guest("batch").replace(b"<memory", (
         f"<metadata><v:vfs xmlns:v='{METADATA_NAMESPACE}'>"
         f"<v:vf mac='52:54:00:00:00:aa' network='physnet2' address='{SOURCE_VF}' "
@@ -247,7 +248,7 @@ def test_metadata_only_vfs_are_claimed_and_their_address_rewritten(host):
         f"</v:vfs></metadata><memory").encode())
     result = host.hook("migrate", xml)
     assert result.code == 0, result.stderr
-    devices = domxml.parse(result.stdout).devices
+    devices = domxml.parse(result.stdout, allow_stand_ins=True).devices
     assert [(d.kind, str(d.address), d.replug) for d in devices] == [
         ("metadata", str(host.physnet2_vfs[0]), "pending"),   # the listener plugs it in
         ("metadata", str(host.physnet1_vfs[0]), None)]

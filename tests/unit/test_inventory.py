@@ -60,3 +60,28 @@ def test_vfs_vanish_when_sriov_numvfs_drops(sysfs):
     inventory = Inventory(sysfs.root, [NetworkConfig("a", ("ens1f0",))])
     assert inventory.vfs_of_network("a") == []
     assert inventory.find_vf(vfs[0]) is None
+
+
+@pytest.mark.parametrize("first, second", [("ens1f0", "0000:3b:00.0"),
+                                           ("0000:3B:00.0", "ens1f0")])
+def test_a_pf_in_two_networks_by_name_and_address_is_a_config_error(sysfs, first, second):
+    from vfmigrate.errors import ConfigError, exit_code_for
+    vfs = sysfs.add_pf(E810, "0000:3b:00.0", "ens1f0", 2)
+    sysfs.add_pf(X710, "0000:5e:00.0", "ens2f0", 2)
+    inventory = Inventory(sysfs.root, [NetworkConfig("physnet1", (first,)),
+                                       NetworkConfig("physnet2", ("ens2f0", second))])
+    for look in (lambda: inventory.vfs_of_network("physnet2"),
+                 lambda: inventory.find_vf(vfs[0]), lambda: inventory.pf_details("physnet1")):
+        with pytest.raises(ConfigError) as caught:
+            look()
+        assert str(caught.value) == (
+            f"PF 0000:3b:00.0 is in network 'physnet1' (as {first}) and in network "
+            f"'physnet2' (as {second}); a PF may be in one network only: remove it from "
+            "one [network] section")
+        assert exit_code_for(caught.value) == 4
+
+
+def test_the_same_pf_twice_in_one_network_gives_its_vfs_once(sysfs):
+    vfs = sysfs.add_pf(E810, "0000:3b:00.0", "ens1f0", 2)
+    inventory = Inventory(sysfs.root, [NetworkConfig("n", ("ens1f0", "0000:3b:00.0"))])
+    assert [vf.address for vf in inventory.vfs_of_network("n")] == vfs
