@@ -4,6 +4,10 @@ Commands::
 
     vfmigrate status [--json]     networks, PFs and VFs with state and owner
     vfmigrate doctor              is this host ready? one line per finding
+    vfmigrate hook enable|disable|status
+                                  install the libvirt hook once it is proven to
+                                  run under libvirt's confinement; remove it;
+                                  show whether it runs
     vfmigrate reconcile [--dry-run]
                                   make the ledger agree with libvirt and sysfs
                                   (what the listener does at start)
@@ -47,7 +51,9 @@ EPILOG = """\
 files:
   /etc/vfmigrate/vfmigrate.conf         configuration (networks and their PFs)
   /var/lib/vfmigrate/ledger.sqlite3     claims: which VF belongs to which guest
-  /etc/libvirt/hooks/qemu.d/vfmigrate   the libvirt hook
+  /etc/libvirt/hooks/qemu.d/vfmigrate   the libvirt hook, a copy of
+                                        /usr/libexec/vfmigrate/qemu-hook made by
+                                        'vfmigrate hook enable'
 
 exit codes:
   0 ok, 1 refused/check failed, 2 usage, 3 bad XML, 4 bad config,
@@ -86,6 +92,23 @@ def build_parser(stdout: TextIO = sys.stdout) -> argparse.ArgumentParser:
                         help="libvirt URI whose version to check (default: %(default)s)")
     doctor.add_argument("--hooks-dir", type=Path, default=Path("/etc/libvirt/hooks"),
                         help="libvirt's hooks directory (default: %(default)s)")
+
+    hook = commands.add_parser(
+        "hook", out=stdout, help="enable, disable or check vfmigrate's libvirt hook",
+        description="enable: copy the hook into libvirt's qemu.d once its self-test has "
+                    "passed under the confinement of the libvirt daemon that will run it "
+                    "(AppArmor profile, else unconfined); on failure the hook stays "
+                    "disabled and each cause is printed with its fix (exit 1). "
+                    "disable: remove vfmigrate's hook. status: what is installed and "
+                    "whether its self-test passes where libvirt runs it.")
+    hook.add_argument("action", choices=("enable", "disable", "status"))
+    hook.add_argument("--hooks-dir", type=Path, default=Path("/etc/libvirt/hooks"),
+                      help="libvirt's hooks directory (default: %(default)s)")
+    hook.add_argument("--source", type=Path, default=Path("/usr/libexec/vfmigrate/qemu-hook"),
+                      help="the hook program to copy (default: %(default)s)")
+    hook.add_argument("--no-restart-hint", action="store_true",
+                      help="libvirt already had a qemu hook when it started (the package "
+                           "passes this on upgrades): do not suggest restarting it")
 
     reconcile = commands.add_parser(
         "reconcile", out=stdout, help="make the ledger agree with libvirt's guests and sysfs",
@@ -198,7 +221,16 @@ def _status(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     for claim in status.stray_claims:
         stdout.write(f"stray claim: VF {claim.vf} ({claim.network}) {claim.state} for "
                      f"{claim.domain_name}: the VF is not in any network now\n")
+    for problem in status.problems:
+        stdout.write(f"problem: {problem}\n")
     return 0
+
+
+def _hook_environment(path: str) -> dict[str, str]:
+    """What the self-test needs besides libvirt's hook environment: a config path
+    other than the default (libvirt passes none)."""
+    return {} if path == configuration.DEFAULT_CONFIG_PATH else \
+        {configuration.CONFIG_ENV: path}
 
 
 def _doctor(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
@@ -206,7 +238,28 @@ def _doctor(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     from .virt import libvirt_version_probe
 
     findings = run_checks(DoctorInputs(config_path=path, hooks_dir=args.hooks_dir,
-                                       libvirt_version=libvirt_version_probe(args.uri)))
+                                       libvirt_version=libvirt_version_probe(args.uri),
+                                       hook_environment=_hook_environment(path)))
+    for finding in findings:
+        stdout.write(finding.line() + "\n")
+    return 1 if any(finding.level == FAIL for finding in findings) else 0
+
+
+def _hook(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
+    from .confinement import HookInstaller
+    from .doctor import FAIL, hook_findings
+
+    installer = HookInstaller(hooks_dir=args.hooks_dir, source=args.source,
+                              environ=_hook_environment(path))
+    if args.action == "enable":
+        result = installer.enable(restart_hint=not args.no_restart_hint)
+        for line in result.lines():
+            stdout.write(f"vfmigrate: {line}\n")
+        return 0 if result.enabled else 1
+    if args.action == "disable":
+        stdout.write(f"vfmigrate: {installer.disable()}\n")
+        return 0
+    findings = hook_findings(installer)
     for finding in findings:
         stdout.write(finding.line() + "\n")
     return 1 if any(finding.level == FAIL for finding in findings) else 0
@@ -348,8 +401,8 @@ def _migrate(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     return 0
 
 
-_COMMANDS = {"status": _status, "doctor": _doctor, "reconcile": _reconcile, "tag": _tag,
-             "check": _check, "migrate": _migrate}
+_COMMANDS = {"status": _status, "doctor": _doctor, "hook": _hook, "reconcile": _reconcile,
+             "tag": _tag, "check": _check, "migrate": _migrate}
 
 
 def run() -> int:

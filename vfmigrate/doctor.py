@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from . import config as configuration
+from .confinement import ConfinementProbe, HookInstaller, Runner, run_command
 from .errors import VfmigrateError
 from .inventory import Inventory
 from .ledger import Ledger
@@ -38,6 +39,9 @@ class DoctorInputs:
     hooks_dir: Path = Path("/etc/libvirt/hooks")
     modules_dir: Path = Path("/lib/modules") / platform.release()
     libvirt_version: Callable[[], tuple[int, str]] | None = None
+    hook_environment: dict[str, str] = field(default_factory=dict)
+    probe: ConfinementProbe = field(default_factory=ConfinementProbe)
+    runner: Runner = run_command
 
 
 def _version_text(number: int) -> str:
@@ -47,7 +51,9 @@ def _version_text(number: int) -> str:
 def run_checks(inputs: DoctorInputs) -> list[Finding]:
     findings: list[Finding] = []
     findings.extend(_check_libvirt(inputs))
-    findings.extend(_check_hook(inputs))
+    findings.extend(hook_findings(HookInstaller(
+        hooks_dir=inputs.hooks_dir, probe=inputs.probe, runner=inputs.runner,
+        environ=inputs.hook_environment)))
     config = None
     try:
         config = configuration.load(inputs.config_path)
@@ -83,16 +89,41 @@ def _check_libvirt(inputs: DoctorInputs) -> Iterator[Finding]:
         yield Finding(OK, "libvirt", f"{source} is {text}")
 
 
-def _check_hook(inputs: DoctorInputs) -> Iterator[Finding]:
-    hook = inputs.hooks_dir / "qemu.d" / "vfmigrate"
-    if not hook.exists():
-        yield Finding(FAIL, "hook", f"{hook} is missing: install vfmigrate's hook there "
-                      "(the package does), then restart libvirtd or virtqemud")
-    elif not os.access(hook, os.X_OK):
-        yield Finding(FAIL, "hook", f"{hook} is not executable: chmod 755 {hook}")
-    else:
-        yield Finding(OK, "hook", f"{hook} is installed (libvirt reads qemu.d at start: "
-                      "restart libvirtd/virtqemud once after installing it)")
+def hook_findings(installer: HookInstaller) -> list[Finding]:
+    """Confinement, and whether the installed hook runs under it (the proof, re-run)."""
+    hook = installer.target
+    what, proofs, confinement = installer.status()
+    findings = [_confinement_finding(confinement)]
+    if what == "missing":
+        findings.append(Finding(FAIL, "hook", f"{hook} is missing: libvirt runs no vfmigrate "
+                                "hook; enable it with 'vfmigrate hook enable'"))
+        return findings
+    if not proofs:
+        findings.append(Finding(FAIL, "hook", f"{hook} ({what}) is not executable: run "
+                                "'vfmigrate hook enable' to replace it"))
+        return findings
+    failed = [proof for proof in proofs if not proof.passed]
+    for proof in failed:
+        for cause in proof.causes:
+            findings.append(Finding(FAIL, "hook", cause))
+    if not failed:
+        where = "; ".join(proof.where() for proof in proofs)
+        findings.append(Finding(OK, "hook", f"{hook} is installed ({what}) and its "
+                                f"self-test passes {where}"))
+    return findings
+
+
+def _confinement_finding(confinement) -> Finding:
+    summary = confinement.summary()
+    if confinement.selinux and not confinement.apparmor:
+        return Finding(WARN, "confinement", f"{summary}; vfmigrate does not check the "
+                       "hook's SELinux labels yet: if guest starts fail with the hook "
+                       "denied, see 'ausearch -m avc -c qemu'")
+    complain = [d for d in confinement.daemons if d.confined and d.mode != "enforce"]
+    if complain:
+        return Finding(WARN, "confinement", f"{summary}; in {complain[0].mode} mode a "
+                       "denial is only logged, so the self-test cannot show it")
+    return Finding(OK, "confinement", summary)
 
 
 def _check_networks(config: configuration.Config) -> Iterator[Finding]:

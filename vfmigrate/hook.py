@@ -1,6 +1,7 @@
 """vfmigrate's libvirt qemu hook: give travelling VFs a local home.
 
-Installed as ``/etc/libvirt/hooks/qemu.d/vfmigrate`` (libvirt >= 6.5).  libvirt
+Enabled as ``/etc/libvirt/hooks/qemu.d/vfmigrate`` (libvirt >= 6.5), a copy of
+``/usr/libexec/vfmigrate/qemu-hook`` made by ``vfmigrate hook enable``.  libvirt
 runs it as ``vfmigrate <domain> <operation> <sub-op> <extra>`` with the domain
 XML on stdin.  It never calls libvirt: libvirt waits for the hook, so a call
 back would deadlock.
@@ -32,6 +33,11 @@ What it does, per operation (all on the host that runs the hook):
 Any other operation, and any guest without a VF device, costs only reading
 stdin: no config is read (it may be absent), nothing is printed, exit 0.
 
+``vfmigrate --self-test`` (one argument; libvirt always passes four) reads no
+stdin and runs :mod:`vfmigrate.selftest`: one line per check on stdout, exit 0
+only if the hook can do its work where it runs.  ``vfmigrate hook enable`` and
+``vfmigrate doctor`` run it under the libvirt daemon's confinement.
+
 stdout carries only XML, only for ``migrate``/``restore``, and only when it
 changed: empty output means unchanged.  stderr carries at most one line, the
 error.  Decisions are logged to the journal (stderr if there is none).  Exit
@@ -48,6 +54,7 @@ from . import METADATA_NAMESPACE
 _OPERATIONS = frozenset({"migrate", "restore", "prepare", "start", "started",
                          "stopped", "release", "reconnect"})
 _VF_MARKERS = (b"hostdev", METADATA_NAMESPACE.encode())
+SELF_TEST = "--self-test"
 
 
 def may_hold_vfs(xml: bytes) -> bool:
@@ -67,6 +74,15 @@ def main(argv, stdin, stdout, *, stderr=None, environ=None, config=None,
     """
     stderr = stderr if stderr is not None else sys.stderr
     environ = os.environ if environ is None else environ
+    if argv[1:] == [SELF_TEST]:
+        import io
+        from .selftest import main as self_test
+        text = io.TextIOWrapper(stdout, encoding="utf-8", write_through=True)
+        try:
+            return self_test(text, environ=environ, journal_socket=journal_socket,
+                             sender=journal_sender)
+        finally:
+            text.detach()
     xml = stdin.read()
     if len(argv) < 4:
         stderr.write("vfmigrate: usage: vfmigrate DOMAIN OPERATION SUB-OPERATION [EXTRA] "

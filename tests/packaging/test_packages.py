@@ -1,6 +1,6 @@
 """Packaging tier: build the .deb and .rpm, lint and list them, install the .deb
 on this machine, run the installed hook, listener and CLI through real libvirtd
-hosts, then remove and purge it.
+hosts, then remove and purge it; upgrade from the previous commit's .deb.
 
 Installs system-wide (root; CI's machine is disposable): the module fixture
 purges the package again whatever happens.
@@ -8,8 +8,10 @@ purges the package again whatever happens.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import build_package
+from tests.testbed.fixtures import testbed_factory  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -25,8 +28,9 @@ VERSION = re.search(r'__version__ = "(.*)"', (REPO / "vfmigrate/__init__.py").re
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="installs packages: needs root")
 
 # Where every file lands (the .rpm's Python directory is the build host's sitelib).
+HOOK = "/etc/libvirt/hooks/qemu.d/vfmigrate"   # made by the postinst, not shipped
+PROGRAM = "/usr/libexec/vfmigrate/qemu-hook"
 DEB_FILES = {
-    "/etc/libvirt/hooks/qemu.d/vfmigrate",
     "/etc/vfmigrate/vfmigrate.conf",
     "/lib/systemd/system/vfmigrate-listener.service",
     "/usr/bin/vfmigrate",
@@ -41,8 +45,6 @@ DEB_FILES = {
     "/usr/share/man/man8/vfmigrate.8.gz",
 }
 RPM_FILES = {
-    "/etc/libvirt/hooks/qemu.d",
-    "/etc/libvirt/hooks/qemu.d/vfmigrate",
     "/etc/vfmigrate/vfmigrate.conf",
     "/usr/bin/vfmigrate",
     "/usr/lib/systemd/catalog/vfmigrate.catalog",
@@ -88,8 +90,7 @@ def test_deb_contents_and_dependencies(deb):
     listing = run(["dpkg-deb", "-c", str(deb)]).stdout
     paths = {"/" + line.split()[5].lstrip("./").rstrip("/") for line in listing.splitlines()}
     assert DEB_FILES <= paths, sorted(DEB_FILES - paths)
-    link = next(line for line in listing.splitlines() if "qemu.d/vfmigrate" in line)
-    assert link.startswith("l") and link.endswith("-> /usr/libexec/vfmigrate/qemu-hook")
+    assert not [path for path in paths if path.startswith("/etc/libvirt")]  # enabled, not shipped
     fields = run(["dpkg-deb", "-f", str(deb), "Depends", "Version"]).stdout
     for dependency in ("libvirt-daemon (>= 6.5)", "python3-libvirt", "python3-pyudev",
                        "python3-systemd", "python3-pyroute2"):
@@ -100,6 +101,7 @@ def test_deb_contents_and_dependencies(deb):
 def test_rpm_files_land_where_expected(rpm):
     listing = set(run(["rpm", "-qlp", str(rpm)]).stdout.split())
     assert RPM_FILES <= listing, sorted(RPM_FILES - listing)
+    assert not [path for path in listing if path.startswith("/etc/libvirt")]
     sitelib = next(path for path in listing if path.endswith("/vfmigrate/hook.py"))
     assert re.fullmatch(r"/usr/lib/python3\.\d+/site-packages/vfmigrate/hook\.py", sitelib)
     requires = run(["rpm", "-qpR", str(rpm)]).stdout
@@ -110,6 +112,10 @@ def test_rpm_files_land_where_expected(rpm):
     assert "preset vfmigrate-listener.service" in scripts
     assert "disable --now vfmigrate-listener.service" in scripts
     assert "try-restart vfmigrate-listener.service" in scripts
+    posttrans = scripts.split("posttrans scriptlet", 1)[1].split("scriptlet", 1)[0]
+    assert "/usr/bin/vfmigrate hook enable $hint" in posttrans   # after the old files went
+    preun = scripts.split("preuninstall scriptlet", 1)[1].split("scriptlet", 1)[0]
+    assert "grep -q '^# vfmigrate-hook:'" in preun and 'rm -f "$hook"' in preun
     config = run(["rpm", "-qpc", str(rpm)]).stdout.split()
     assert config == ["/etc/vfmigrate/vfmigrate.conf"]
     assert run(["rpm", "-qp", "--qf", "%{VERSION}", str(rpm)]).stdout == VERSION
@@ -118,13 +124,30 @@ def test_rpm_files_land_where_expected(rpm):
 def test_installed_files_unit_and_state(installed):
     for path in DEB_FILES:
         assert os.path.lexists(path), path
-    assert os.path.realpath("/etc/libvirt/hooks/qemu.d/vfmigrate") == \
-        "/usr/libexec/vfmigrate/qemu-hook"
     assert Path("/var/lib/vfmigrate").stat().st_mode & 0o777 == 0o700   # tmpfiles in postinst
     verify = run(["systemd-analyze", "verify", "/lib/systemd/system/vfmigrate-listener.service"])
     assert verify.returncode == 0, verify.stdout + verify.stderr
     said = installed.stdout + installed.stderr   # apt passes dpkg's output through
-    assert "restart the libvirtd (or\n  virtqemud) service once" in said
+    assert f"vfmigrate: hook enabled: {HOOK}\n" in said
+    assert "vfmigrate: name this host's SR-IOV networks in /etc/vfmigrate/vfmigrate.conf" \
+        in said
+
+
+def test_postinst_enabled_the_hook_as_a_proven_root_copy(installed):
+    info = os.lstat(HOOK)
+    assert stat.S_ISREG(info.st_mode), "a copy, not a symlink: AppArmor judges a link's target"
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, 0, 0o755)
+    assert Path(HOOK).read_bytes() == Path(PROGRAM).read_bytes()
+    assert os.listdir(os.path.dirname(HOOK)) == ["vfmigrate"]       # no staging left
+    proof = run([HOOK, "--self-test"], stdin=subprocess.DEVNULL, timeout=60)
+    assert proof.returncode == 0, proof.stdout + proof.stderr
+    assert [line.split(":")[0] for line in proof.stdout.splitlines()] == [
+        "ok   import", "ok   config", "ok   sysfs", "ok   libvirt state", "ok   ledger",
+        "ok   journal"]
+    assert "/usr/lib/python3/dist-packages/vfmigrate (Python 3" in proof.stdout
+    status = run(["/usr/bin/vfmigrate", "hook", "status"], timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"OK   hook: {HOOK} is installed (a copy) and its self-test passes" in status.stdout
 
 
 def test_installed_cli_and_hook_run_on_the_system_python(installed, tmp_path):
@@ -138,7 +161,9 @@ def test_installed_cli_and_hook_run_on_the_system_python(installed, tmp_path):
                input=plain, timeout=60)
     assert (hook.returncode, hook.stdout, hook.stderr) == (0, "", "")
     status = run(["/usr/bin/vfmigrate", "status", "--json"])   # the shipped config: no networks
-    assert (status.returncode, status.stdout) == (0, '{\n  "networks": [],\n  "stray_claims": []\n}\n')
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert (report["networks"], report["stray_claims"]) == ([], [])
     assert Path("/var/lib/vfmigrate/ledger.sqlite3").stat().st_mode & 0o777 == 0o600
 
 
@@ -155,11 +180,49 @@ def test_installed_package_passes_the_end_to_end_tests(installed):
     assert re.search(r"\b(\d+) passed\b", result.stdout).group(1) == "10"
 
 
+def _marked_guest(name: str) -> str:
+    """A no-OS guest that the hook does not skip: it names vfmigrate's namespace."""
+    from vfmigrate import METADATA_NAMESPACE
+    from tests.testbed import no_os_guest_xml
+
+    return no_os_guest_xml(name).replace(
+        "<devices>", f"<description>{METADATA_NAMESPACE}</description><devices>", 1)
+
+
+def test_remove_takes_the_hook_away_first_and_a_left_copy_lets_guests_start(
+        installed, deb, testbed_factory):
+    """libvirt runs the enabled copy (a broken config makes its start hook refuse);
+    removal deletes the system's copy before the Python files; a copy that stayed
+    behind (here: the testbed host's own hooks directory) does nothing."""
+    [host] = testbed_factory(1).hosts
+    enabled = host.run(["/usr/bin/vfmigrate", "hook", "enable"], capture_output=True,
+                       text=True, timeout=120)
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    assert "vfmigrate: restart libvirtd once, when no migration is running" in enabled.stdout
+    copy = host.hooks_dir / "qemu.d" / "vfmigrate"
+    assert copy.read_bytes() == Path(PROGRAM).read_bytes()
+    host.restart_libvirtd()
+    (host.etc_vfmigrate / "vfmigrate.conf").write_text("[network x]\n")
+    definition = host.directory / "g1.xml"
+    definition.write_text(_marked_guest("g1"))
+    refused = host.virsh("create", str(definition), check=False)
+    assert refused.returncode != 0
+    assert "vfmigrate: /etc/vfmigrate/vfmigrate.conf:1: pfs: network 'x' names no PFs" in \
+        refused.stderr
+    removed = run(["apt-get", "remove", "-y", "vfmigrate"], timeout=600)
+    assert removed.returncode == 0, removed.stderr
+    assert not os.path.lexists(HOOK)
+    assert copy.exists()                      # the testbed's copy outlived the package
+    host.create_domain(_marked_guest("g2"))   # import fails: the hook does nothing
+    assert host.domain_state("g2") == "running"
+    host.destroy_all_domains()
+
+
 def test_remove_keeps_the_ledger_and_purge_leaves_nothing(installed, deb):
     files = {"/" + line.split()[5].lstrip("./") for line in
              run(["dpkg-deb", "-c", str(deb)]).stdout.splitlines()
              if not line.startswith("d")}
-    removed = run(["apt-get", "remove", "-y", "vfmigrate"], timeout=600)
+    removed = run(["apt-get", "remove", "-y", "vfmigrate"], timeout=600)   # maybe again
     assert removed.returncode == 0, removed.stderr
     assert Path("/var/lib/vfmigrate/ledger.sqlite3").exists()        # kept on remove
     assert Path("/etc/vfmigrate/vfmigrate.conf").exists()            # conffile: kept
@@ -173,3 +236,52 @@ def test_remove_keeps_the_ledger_and_purge_leaves_nothing(installed, deb):
                       "/usr/lib/python3/dist-packages/vfmigrate"):
         assert not os.path.lexists(directory), directory
     assert run(["dpkg-query", "-W", "vfmigrate"]).returncode != 0
+
+
+def _previous_deb(tmp_path: Path) -> Path:
+    """The .deb of the last commit that shipped the hook as a symlink (debian/
+    vfmigrate.links), as version 0.0.9 so that installing this tree's is an upgrade."""
+    links = "packaging/debian/vfmigrate.links"
+    commit = run(["git", "-C", str(REPO), "rev-list", "-1", "HEAD", "--", links]).stdout.strip()
+    assert commit, f"no commit has {links}"
+    if run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}:{links}"]).returncode != 0:
+        commit += "^"                          # that commit deleted it: take its parent
+    tree = tmp_path / "previous"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    init = tree / "vfmigrate/__init__.py"
+    init.write_text(re.sub(r'__version__ = ".*"', '__version__ = "0.0.9"', init.read_text()))
+    for argv in (["git", "init", "-q"], ["git", "add", "-A"]):
+        subprocess.run(argv, cwd=tree, check=True, capture_output=True)
+    env = dict(os.environ, PATH=SYSTEM_PATH, DEB_BUILD_OPTIONS="nocheck")
+    built = subprocess.run(["packaging/build", "deb"], cwd=tree, env=env, capture_output=True,
+                           text=True, timeout=900)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    return tree / built.stdout.strip().splitlines()[-1]
+
+
+def test_upgrade_from_the_symlink_package_leaves_a_real_file(deb, tmp_path):
+    previous = _previous_deb(tmp_path)
+    run(["apt-get", "purge", "-y", "vfmigrate"], timeout=600)
+    try:
+        old = run(["apt-get", "install", "-y", "--no-install-recommends", str(previous)],
+                  timeout=600)
+        assert old.returncode == 0, old.stdout[-3000:] + old.stderr[-3000:]
+        assert os.path.islink(HOOK)
+        new = run(["apt-get", "install", "-y", "--no-install-recommends", str(deb)],
+                  timeout=600)
+        assert new.returncode == 0, new.stdout[-3000:] + new.stderr[-3000:]
+        assert "Unpacking vfmigrate (%s) over (0.0.9)" % VERSION in new.stdout
+        info = os.lstat(HOOK)
+        assert stat.S_ISREG(info.st_mode) and info.st_mode & 0o7777 == 0o755
+        assert Path(HOOK).read_bytes() == Path(PROGRAM).read_bytes()
+        said = new.stdout + new.stderr
+        assert f"vfmigrate: hook enabled: {HOOK}\n" in said
+        assert "restart" not in said.split("hook enabled")[1]   # libvirt had a hook
+        assert run([HOOK, "--self-test"], stdin=subprocess.DEVNULL,
+                   timeout=60).returncode == 0
+    finally:
+        run(["apt-get", "purge", "-y", "vfmigrate"], timeout=600)
+    assert not os.path.lexists(HOOK)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -140,3 +141,47 @@ def test_reconcile_dry_run_then_for_real(host):
     assert host.live_claims() == []
     code, out, _ = run_cli(host, "reconcile", "--uri", "test:///default")
     assert out == "ledger agrees with libvirt and sysfs: nothing to correct\n"
+
+
+def test_hook_enable_status_disable(host, tmp_path):
+    """The real probe (this machine) and runner: the staged copy's self-test really runs."""
+    hooks_dir = tmp_path / "libvirt-hooks"
+    source = host.hook_executable()      # hooks/qemu for this interpreter
+    options = ("--hooks-dir", str(hooks_dir), "--source", str(source))
+    code, out, err = run_cli(host, "hook", "enable", *options)
+    assert (code, err) == (0, ""), out
+    lines = out.splitlines()
+    assert lines[0].startswith("vfmigrate: confinement: ")
+    assert lines[1].startswith("vfmigrate: the hook's self-test passed ")
+    assert lines[2] == f"vfmigrate: hook enabled: {hooks_dir}/qemu.d/vfmigrate"
+    assert (hooks_dir / "qemu.d" / "vfmigrate").read_bytes() == source.read_bytes()
+    code, out, _ = run_cli(host, "hook", "status", *options)
+    assert code == 0, out
+    assert f"OK   hook: {hooks_dir}/qemu.d/vfmigrate is installed (a copy) and its self-test " \
+           "passes " in out
+    code, out, _ = run_cli(host, "hook", "disable", *options)
+    assert (code, out) == (0, f"vfmigrate: hook disabled: removed {hooks_dir}/qemu.d/vfmigrate "
+                              "(a copy)\n")
+    code, out, _ = run_cli(host, "hook", "status", *options)
+    assert code == 1 and "FAIL hook: " in out and "is missing" in out
+
+
+def test_hook_enable_with_a_failing_self_test_stays_disabled(host, tmp_path):
+    hooks_dir = tmp_path / "libvirt-hooks"
+    host.config_path.write_text("[network x]\n")
+    code, out, _ = run_cli(host, "hook", "enable", "--hooks-dir", str(hooks_dir),
+                           "--source", str(host.hook_executable()))
+    assert code == 1
+    assert f"vfmigrate: cause: the hook's self-test failed: config: {host.config_path}:1: " \
+           "pfs: network 'x' names no PFs" in out
+    assert out.splitlines()[-1].startswith("vfmigrate: hook disabled: nothing in ")
+    assert os.listdir(hooks_dir / "qemu.d") == []
+
+
+def test_hook_refuses_a_file_that_is_not_ours(host, tmp_path):
+    (tmp_path / "h" / "qemu.d").mkdir(parents=True)
+    (tmp_path / "h" / "qemu.d" / "vfmigrate").write_text("#!/bin/sh\n")
+    code, _, err = run_cli(host, "hook", "disable", "--hooks-dir", str(tmp_path / "h"))
+    assert code == 1
+    assert err == (f"vfmigrate: {tmp_path}/h/qemu.d/vfmigrate is not vfmigrate's hook (a file "
+                   "that is not vfmigrate's): move it away, then run 'vfmigrate hook enable'\n")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 from vfmigrate import domxml
@@ -74,3 +76,47 @@ def test_64_concurrent_migrations_share_8_vfs_exactly(host):
     assert len(claims) == 8
     assert len({c.vf for c in claims}) == 8
     assert {c.domain_name for c in claims} == {domxml.parse(r.stdout).name for r in winners}
+
+
+def test_self_test_proves_what_the_hook_needs(host):
+    result = subprocess.run([str(host.hook_executable()), "--self-test"], capture_output=True,
+                            text=True, env=host.hook_env(), stdin=subprocess.DEVNULL,
+                            timeout=60)
+    assert (result.returncode, result.stderr) == (0, ""), result.stdout
+    checks = [line.split(":")[0] for line in result.stdout.splitlines()]
+    assert checks == ["ok   import", "ok   config", "ok   sysfs", "ok   libvirt state",
+                      "ok   ledger", "ok   journal"]
+    assert "12 VFs in 2 network(s)" in result.stdout
+    assert "write transaction taken and rolled back (0 live claim(s))" in result.stdout
+
+
+def test_self_test_fails_with_one_line_per_cause(host):
+    host.state_dir.mkdir(exist_ok=True)
+    host.config_path.write_text("[network x]\n")
+    result = subprocess.run([str(host.hook_executable()), "--self-test"], capture_output=True,
+                            text=True, env=host.hook_env(), stdin=subprocess.DEVNULL,
+                            timeout=60)
+    assert result.returncode == 1
+    assert f"FAIL config: {host.config_path}:1: pfs: network 'x' names no PFs" in result.stdout
+
+
+def test_hook_without_its_package_does_nothing_and_says_so(host, tmp_path):
+    """The copy in qemu.d outlived the package: guests must still start."""
+    hook = Path(__file__).resolve().parents[2] / "hooks" / "qemu"
+    argv = [sys.executable, "-I", "-S", str(hook)]   # -S: no site-packages, no vfmigrate
+    result = subprocess.run([*argv, "web1", "prepare", "begin", "-"], input=b"<domain/>",
+                            capture_output=True, cwd=tmp_path, timeout=60)
+    assert (result.returncode, result.stdout) == (0, b"")
+    [line] = result.stderr.decode().splitlines()
+    assert line.startswith("vfmigrate: hook inactive, cannot import vfmigrate (")
+    proof = subprocess.run([*argv, "--self-test"], capture_output=True, cwd=tmp_path,
+                           stdin=subprocess.DEVNULL, timeout=60)
+    assert proof.returncode == 1
+    # an incoming guest that may hold a VF would arrive naming the source's VF: refused,
+    # so that it stays on the source; one without VFs still arrives
+    vf_guest = b"<domain><devices><hostdev mode='subsystem' type='pci'/></devices></domain>"
+    for operation, xml, code in (("migrate", vf_guest, 1), ("restore", vf_guest, 1),
+                                 ("migrate", b"<domain/>", 0), ("reconnect", vf_guest, 0)):
+        result = subprocess.run([*argv, "web1", operation, "begin", "-"], input=xml,
+                                capture_output=True, cwd=tmp_path, timeout=60)
+        assert (operation, result.returncode, result.stdout) == (operation, code, b"")

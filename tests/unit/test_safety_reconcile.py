@@ -245,6 +245,7 @@ def test_a_reset_that_times_out_keeps_the_vf_out_of_use_until_a_reset_succeeds(h
     assert f"VF 0   {vf}  reset-failed" in status_text(host)
     [problem] = status_json(host)["problems"]
     assert problem.startswith(f"VF {vf} (physnet2) is out of use: reset failed: no answer")
+    assert f"problem: {problem}\n" in status_text(host)
     refused = host.hook_process("migrate", teaming_guest("web1", [SOURCE_VF],
                                                          networks=["physnet2"]))
     assert refused.code == 1 and "no free VF in network 'physnet2'" in refused.stderr
