@@ -18,8 +18,21 @@ would do by hand, in order, and undoes it if anything fails:
 6. the source's hook releases the source VFs when the guest leaves, and its
    listener resets them.
 
-Rollback: a failure at step 3 or 4 plugs every VF that was unplugged back
-into the guest on the source and restores its metadata.  The source's claims
+Rollback: a failure at step 3 or 4 (a libvirt error, an abort, a timeout,
+SIGINT, SIGTERM or SIGHUP, any other exception) plugs every VF that was
+unplugged back into the guest on the source and restores its metadata; a
+signal during the migration aborts libvirt's migration job first.
+
+The command leaves a *lease* in the guest's live metadata (namespace
+:data:`LEASE_NAMESPACE`) before it unplugs anything: this host, its process
+(pid, start time, boot id), the original metadata and, for every VF it asked
+the guest to unplug, the device XML to plug it back.  If the command dies
+(SIGKILL), the source's listener sees the lease of a dead process on a guest
+that still runs here with no migration job, plugs the VFs back and restores
+the metadata (:func:`recover_interrupted`).  A VF whose unplug had not
+completed when the command gave up (``--unplug-timeout``) stays in the lease:
+when the guest lets go of it later, the listener plugs it back instead of
+releasing and resetting it.  The source's claims
 are held throughout (the metadata still names the VFs), so no other guest can
 take them meanwhile; claims the destination made for a migration that failed
 are released by its hook, or expire.  The guest never ends up without its
@@ -31,22 +44,30 @@ reconcile.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from collections import namedtuple
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import METADATA_NAMESPACE, domxml, metadata, replug
 from .check import CheckReport, run_check
 from .config import Config
-from .errors import LibvirtFailure, Refused
+from .errors import LibvirtFailure, Refused, VfmigrateError
 from .events import Event
 from .logs import event
 from .pci import PciAddress
 
 log = logging.getLogger("vfmigrate.migrate")
+
+LEASE_NAMESPACE = METADATA_NAMESPACE + "/migration"
+LEASE_PREFIX = "vfmigrate-migration"
+INTERRUPTING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class MigrationRefused(Refused):
@@ -55,6 +76,52 @@ class MigrationRefused(Refused):
 
 class MigrationAborted(Refused):
     msg_fmt = "migration of guest '{domain}' aborted: {reason}; {rollback}"
+
+
+class Interrupted(Exception):
+    """A signal asked ``vfmigrate migrate`` to stop (raised by its handler)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class SignalGuard:
+    """What :func:`signals_raise` saw: the signals received; ``hold`` defers them."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.hold = False
+        self.raised = False
+
+    def handle(self, signum, frame) -> None:
+        self.received.append(signum)
+        if not self.hold and not self.raised:
+            self.raised = True
+            raise Interrupted(signum)
+
+    @property
+    def ignored(self) -> list[str]:
+        """The signals that came after the one that interrupted (or during a rollback)."""
+        return [signal.Signals(s).name for s in self.received[1 if self.raised else 0:]]
+
+
+@contextmanager
+def signals_raise() -> Iterator[SignalGuard]:
+    """While inside: the first SIGINT, SIGTERM or SIGHUP raises :class:`Interrupted`;
+    later ones, and any while ``hold`` is set (a rollback), are noted and otherwise
+    ignored.  The previous handlers are restored after.  Only the main thread takes
+    signals; elsewhere this does nothing."""
+    guard = SignalGuard()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+    previous = {signum: signal.signal(signum, guard.handle) for signum in INTERRUPTING_SIGNALS}
+    try:
+        yield guard
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 @dataclass(frozen=True)
@@ -106,16 +173,26 @@ class AssistedMigration:
         self.destination = None
         self.removed: dict[str, threading.Event] = {}
         self.removal_failed: dict[str, threading.Event] = {}
+        self.signals = SignalGuard()
+        self.migrated = False
+        self.requested: list[MovingVF] = []   # unplug asked, in order
 
     # -- the sequence ----------------------------------------------------------
 
     def run(self) -> Report:
         started = self.clock()
-        self.destination = self.open_destination(self.destination_uri)
-        try:
-            report = self._run(started)
-        finally:
-            self.destination.close()
+        with signals_raise() as self.signals:
+            try:
+                self.destination = self.open_destination(self.destination_uri)
+                try:
+                    report = self._run(started)
+                finally:
+                    self.destination.close()
+            except Interrupted as interrupted:   # before any change, or after the migration
+                raise MigrationAborted(
+                    domain=self.domain_name, reason=str(interrupted),
+                    rollback="the guest runs on the destination; its listener plugs its VFs "
+                    "in" if self.migrated else "nothing was changed") from None
         report.seconds_total = self.clock() - started
         return report
 
@@ -133,32 +210,55 @@ class AssistedMigration:
         guest = self.source.guest(uuid)
         moving = self._vfs_to_move(guest.xml, check)
         report.moved = moving
-        original_entries = domxml.parse(guest.xml).metadata_entries
+        original_entries = self._parse(guest.xml).metadata_entries
         unplugged: list[MovingVF] = []
         unplug_started = self.clock()
+        lease = None
         try:
             if moving:
+                lease = Lease.mine(self.source.host_uuid(), original_entries)
+                lease.moving = self._entries_for(original_entries, moving)
                 self._step(f"recording {len(moving)} VF(s) in the guest's metadata")
-                self._set_metadata(uuid, self._entries_for(original_entries, moving),
-                                   guest.persistent)
-                self._unplug_all(domain, uuid, moving, unplugged)
+                self._set_lease(uuid, lease)
+                self._set_metadata(uuid, lease.moving, guest.persistent)
+                self._unplug_all(domain, uuid, moving, unplugged, lease)
             self._step(f"migrating to {self.destination_uri}")
             migrating = self.clock()
             self._migrate(uuid)
+            self.migrated = True
             report.seconds_migrating = self.clock() - migrating
-        except (LibvirtFailure, MigrationAborted, TimeoutError) as error:
-            rollback = self._roll_back(uuid, unplugged, original_entries, guest.persistent)
-            reason = error.fields.get("reason", str(error)) if isinstance(
-                error, MigrationAborted) else str(error)
-            raise MigrationAborted(domain=self.domain_name, reason=reason,
-                                   rollback=rollback) from None
+        except BaseException as error:   # signals and bugs too: never leave it unplugged
+            self.signals.hold = True   # a signal now must not cut the rollback short
+            if self._left_source(uuid):
+                raise MigrationAborted(
+                    domain=self.domain_name, reason=_why(error),
+                    rollback="it had already completed: the guest runs on the destination"
+                    + (", whose listener plugs its VFs in" if moving else "")) from None
+            rollback = self._roll_back(uuid, unplugged, original_entries, guest.persistent,
+                                       lease)
+            if self.signals.ignored:
+                rollback += f" ({', '.join(self.signals.ignored)} during the rollback ignored)"
+            raise MigrationAborted(domain=self.domain_name, reason=_why(error),
+                                   rollback=rollback) from (
+                None if isinstance(error, (VfmigrateError, TimeoutError, Interrupted))
+                else error)
         event(log, Event.MIGRATED, "guest %s migrated to %s by vfmigrate migrate (%d VF(s) "
               "moved)", self.domain_name, self.destination_uri, len(moving),
               domain=self.domain_name, direction="out")
         if moving:
             report.replugged_by = self._wait_for_replug(uuid)
             report.seconds_without_vf = self.clock() - unplug_started
+            try:   # the lease travelled along; its work is done
+                self.destination.remove_metadata(uuid, LEASE_NAMESPACE, live=True,
+                                                 config=False)
+            except LibvirtFailure as error:
+                log.warning("guest %s: could not drop the migration lease on the "
+                            "destination: %s", self.domain_name, error)
         return report
+
+    def _parse(self, xml: bytes) -> domxml.DomainXML:
+        return domxml.parse(xml, allow_stand_ins=bool(self.config and
+                                                      self.config.allow_stand_ins))
 
     def _step(self, what: str) -> None:
         self.progress(what)
@@ -169,7 +269,7 @@ class AssistedMigration:
     def _vfs_to_move(self, live_xml: bytes, check: CheckReport) -> list[MovingVF]:
         assisted = {(device.name, str(device.address)): device for device in check.devices
                     if device.path == "assisted"}
-        parsed = domxml.parse(live_xml)
+        parsed = self._parse(live_xml)
         root = ElementTree.fromstring(live_xml)
         moving = []
         for device in parsed.devices:
@@ -219,7 +319,7 @@ class AssistedMigration:
     # -- unplug ----------------------------------------------------------------
 
     def _unplug_all(self, domain, uuid: str, moving: list[MovingVF],
-                    unplugged: list[MovingVF]) -> None:
+                    unplugged: list[MovingVF], lease: "Lease") -> None:
         libvirt = self.source.libvirt
         connection = self.source.connection
         callbacks = [
@@ -234,7 +334,14 @@ class AssistedMigration:
                 self._step(f"unplugging {vf.kind} {vf.name} (VF {vf.address})")
                 self.removed.setdefault(vf.alias, threading.Event())
                 self.removal_failed.setdefault(vf.alias, threading.Event())
-                self.source.detach_device_alias(uuid, vf.alias, live=True, config=False)
+                lease.vfs.append(LeasedVF(vf.alias, vf.mac, vf.element, vf.address))
+                self._set_lease(uuid, lease)
+                self.requested.append(vf)   # before: a signal may come as the call returns
+                try:
+                    self.source.detach_device_alias(uuid, vf.alias, live=True, config=False)
+                except LibvirtFailure:
+                    self.requested.remove(vf)   # never asked: nothing to wait for
+                    raise
                 self._wait_unplugged(uuid, vf)
                 unplugged.append(vf)
                 event(log, Event.DETACHED, "guest %s let go of %s %s (VF %s)",
@@ -274,20 +381,44 @@ class AssistedMigration:
     # -- migrate ----------------------------------------------------------------
 
     def _migrate(self, uuid: str) -> None:
+        """libvirt's migration call, on a worker thread: the main thread stays in Python
+        so that a signal is taken at once and aborts the migration job."""
         timer = None
         if self.options.timeout:
             timer = threading.Timer(self.options.timeout, self._pause_to_converge, (uuid,))
             timer.daemon = True
             timer.start()
+        outcome: dict[str, BaseException] = {}
+
+        def call() -> None:
+            try:
+                self.source.migrate(uuid, self.destination_uri, p2p=self.options.p2p,
+                                    persistent=self.options.persistent,
+                                    undefine_source=self.options.undefine_source,
+                                    bandwidth_mib=self.options.bandwidth_mib,
+                                    destination=None if self.options.p2p else self.destination)
+            except BaseException as error:
+                outcome["error"] = error
+
+        worker = threading.Thread(target=call, name="migrate", daemon=True)
+        worker.start()
         try:
-            self.source.migrate(uuid, self.destination_uri, p2p=self.options.p2p,
-                                persistent=self.options.persistent,
-                                undefine_source=self.options.undefine_source,
-                                bandwidth_mib=self.options.bandwidth_mib,
-                                destination=None if self.options.p2p else self.destination)
+            while worker.is_alive():
+                worker.join(0.2)
+        except BaseException:
+            self._step("aborting the migration job")
+            try:
+                self.source.abort_job(uuid)
+            except LibvirtFailure as error:
+                log.warning("could not abort the migration of guest %s: %s",
+                            self.domain_name, error)
+            worker.join(120)
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
+        if "error" in outcome:
+            raise outcome["error"]
 
     def _pause_to_converge(self, uuid: str) -> None:
         self._step(f"--timeout {self.options.timeout:g} s reached: pausing the guest so the "
@@ -304,7 +435,7 @@ class AssistedMigration:
         deadline = self.clock() + self.options.replug_timeout
         while self.clock() < deadline:
             guest = self.destination.guest(uuid)
-            if guest is not None and not replug.pending_vfs(domxml.parse(guest.xml)):
+            if guest is not None and not replug.pending_vfs(self._parse(guest.xml)):
                 return "the destination's listener"
             time.sleep(0.2)
         self._step(f"the destination's listener did not plug the VFs in within "
@@ -319,11 +450,31 @@ class AssistedMigration:
                 reason="; ".join(f"VF {p.address}: {p.detail}" for p in failed))
         return "vfmigrate migrate (the destination's listener did not)"
 
+    def _left_source(self, uuid: str) -> bool:
+        """Whether the migration completed after all (the guest runs only there)."""
+        try:
+            if self.source.is_active(uuid):
+                return False
+            return self.destination is not None and self.destination.is_active(uuid)
+        except LibvirtFailure:
+            return False
+
+    def _set_lease(self, uuid: str, lease: "Lease") -> None:
+        self.source.set_metadata(uuid, lease.render(), LEASE_NAMESPACE, LEASE_PREFIX,
+                                 live=True, config=False)
+
     def _roll_back(self, uuid: str, unplugged: list[MovingVF],
-                   original_entries: list[dict[str, str]], persistent: bool) -> str:
+                   original_entries: list[dict[str, str]], persistent: bool,
+                   lease: "Lease | None" = None) -> str:
         problems = []
         present = {_alias(element) for element in self._device_elements(uuid)}
-        for vf in reversed(unplugged):
+        asked = self.requested or unplugged
+        # Asked to unplug and still in the guest: its unplug may complete later.
+        late = [vf for vf in asked if vf not in unplugged and vf.alias in present]
+        failed = []
+        # Every VF asked to unplug that the guest no longer has: also one whose removal
+        # completed after the wait for it ended.
+        for vf in reversed(asked):
             if vf.alias in present:
                 continue
             try:
@@ -332,19 +483,211 @@ class AssistedMigration:
                       "source", self.domain_name, vf.kind, vf.name, vf.address,
                       domain=self.domain_name, vf=vf.address, network=vf.network)
             except LibvirtFailure as error:
-                problems.append(f"could not plug {vf.name} (VF {vf.address}) back in: {error}")
+                failed.append(vf)
+                problems.append(f"could not plug {vf.name} (VF {vf.address}) back in: {error}; "
+                                "the listener retries")
         try:
-            self._set_metadata(uuid, original_entries, persistent)
+            # A VF not plugged back stays recorded as unplugged for a migration: the
+            # guest still holds it, so nothing releases or resets it.
+            if not failed:
+                self._set_metadata(uuid, original_entries, persistent)
         except LibvirtFailure as error:
             problems.append(f"could not restore the guest's metadata: {error}")
+        if lease is not None:
+            keep = {vf.alias for vf in late + failed}
+            try:
+                if keep:
+                    lease.vfs = [leased for leased in lease.vfs if leased.alias in keep]
+                    lease.pid = lease.started = 0   # no process owns it: the listener does
+                    self._set_lease(uuid, lease)
+                else:
+                    self.source.remove_metadata(uuid, LEASE_NAMESPACE, live=True, config=False)
+            except LibvirtFailure as error:
+                problems.append(f"could not update the migration lease: {error}")
         if problems:
             for problem in problems:
                 log.error("rollback of guest %s: %s", self.domain_name, problem)
             return "ROLLBACK INCOMPLETE: " + "; ".join(problems)
-        if unplugged:
-            return (f"the guest keeps running on the source with its {len(unplugged)} VF(s) "
-                    "plugged back in")
-        return "the guest keeps running on the source, unchanged"
+        note = ""
+        if late:
+            note = (f"; if the guest lets go of {', '.join(vf.name for vf in late)} later, "
+                    "the listener plugs it back in")
+        back = [vf for vf in asked if vf not in late]
+        if back:
+            return (f"the guest keeps running on the source with its {len(back)} VF(s) "
+                    f"plugged back in{note}")
+        return "the guest keeps running on the source, unchanged" + note
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, MigrationAborted):
+        return error.fields.get("reason", str(error))
+    if isinstance(error, (VfmigrateError, TimeoutError, Interrupted)):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return f"unexpected {type(error).__name__}: {error}"
+
+
+# -- the lease, and the listener's recovery from a dead command -------------------
+
+class LeasedVF(namedtuple("LeasedVF", "alias mac element address")):
+    """A VF ``vfmigrate migrate`` asked the guest to unplug: how to plug it back."""
+
+    __slots__ = ()
+
+
+def _boot_id(proc_root: Path) -> str:
+    try:
+        return (proc_root / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int, proc_root: Path = Path("/proc")) -> int | None:
+    """The start time (clock ticks after boot) of a live process, None if there is none."""
+    try:
+        stat = (proc_root / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    state = fields[0]
+    if state in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+@dataclass
+class Lease:
+    """The record ``vfmigrate migrate`` keeps in the guest's live metadata while it works."""
+
+    host: str
+    pid: int
+    started: int
+    boot: str
+    original: list[dict[str, str]]
+    vfs: list[LeasedVF] = field(default_factory=list)
+    moving: list[dict[str, str]] = field(default_factory=list)   # the on-arrival entries
+
+    @classmethod
+    def mine(cls, host: str, original: list[dict[str, str]],
+             proc_root: Path = Path("/proc")) -> "Lease":
+        pid = os.getpid()
+        return cls(host, pid, process_start(pid, proc_root) or 0, _boot_id(proc_root),
+                   [dict(entry) for entry in original])
+
+    def render(self) -> str:
+        q = metadata.quoteattr
+        lines = [f"<migration host={q(self.host)} pid={q(str(self.pid))} "
+                 f"started={q(str(self.started))} boot={q(self.boot)} "
+                 f"original={q(metadata.render(self.original))} "
+                 f"moving={q(metadata.render(self.moving))}>"]
+        for vf in self.vfs:
+            attributes = [f"alias={q(vf.alias or '')}", f"element={q(vf.element)}",
+                          f"address={q(str(vf.address))}"]
+            if vf.mac:
+                attributes.append(f"mac={q(vf.mac)}")
+            lines.append(f"  <vf {' '.join(attributes)}/>")
+        lines.append("</migration>")
+        return "\n".join(lines)
+
+    @classmethod
+    def parse(cls, text: str) -> "Lease":
+        root = ElementTree.fromstring(text)
+        original = [dict(entry.attrib) for entry in
+                    ElementTree.fromstring(root.get("original") or "<vfs/>")]
+        moving = [dict(entry.attrib) for entry in
+                  ElementTree.fromstring(root.get("moving") or "<vfs/>")]
+        vfs = [LeasedVF(vf.get("alias") or None, vf.get("mac"), vf.get("element", ""),
+                        vf.get("address")) for vf in root if vf.tag.endswith("vf")]
+        return cls(root.get("host", ""), int(root.get("pid") or 0),
+                   int(root.get("started") or 0), root.get("boot", ""), original, vfs,
+                   moving)
+
+    def owner_alive(self, proc_root: Path = Path("/proc")) -> bool:
+        """Whether the ``vfmigrate migrate`` that wrote it still runs."""
+        if not self.pid or self.boot != _boot_id(proc_root):
+            return False
+        return process_start(self.pid, proc_root) == self.started
+
+
+class Recovery(namedtuple("Recovery", "name state lines ok")):
+    """What :func:`recover_interrupted` found: state ``owned`` (a live command or a
+    migration job owns the guest), ``unplug-pending`` (the guest still has a VF it was
+    asked to unplug: plugged back once it lets go), ``unreadable`` or ``recovered``."""
+
+    __slots__ = ()
+
+
+def recover_interrupted(host, uuid: str, *, proc_root: Path = Path("/proc")
+                        ) -> Recovery | None:
+    """Finish what a dead ``vfmigrate migrate`` left on this (its source) host.
+
+    Acts only on positive evidence: the guest runs here, its lease names this host,
+    the process that wrote it is gone and libvirt runs no job on the guest.  Then every
+    leased VF the guest no longer has is plugged back in, the metadata restored, and
+    the lease dropped once no unplug is pending.  None if there is no lease.
+    """
+    text = host.metadata(uuid, LEASE_NAMESPACE)
+    if text is None:
+        return None
+    guest = host.guest(uuid)
+    if guest is None:
+        return None
+    try:
+        lease = Lease.parse(text)
+    except (ElementTree.ParseError, ValueError) as error:
+        return Recovery(guest.name, "unreadable",
+                        [f"its vfmigrate migrate lease cannot be read ({error}); left alone"],
+                        False)
+    if lease.host != host.host_uuid():
+        # Written on the host this guest migrated from: that command's work on its
+        # source is over once the guest runs here; the lease is only a leftover.
+        if not host.migration_job_running(uuid):
+            host.remove_metadata(uuid, LEASE_NAMESPACE, live=True, config=False)
+        return None
+    if lease.owner_alive(proc_root) or host.migration_job_running(uuid):
+        return Recovery(guest.name, "owned", [], True)
+    present = {_alias(element) for element in
+               list(ElementTree.fromstring(guest.xml).find("devices") or [])}
+    macs = _macs(guest.xml)
+    lines, ok, pending = [], True, []
+    plugged = 0
+    for vf in lease.vfs:
+        if (vf.alias and vf.alias in present) or (vf.mac and vf.mac in macs):
+            pending.append(vf)   # still in the guest: its unplug may complete later
+            continue
+        try:
+            host.attach_device(uuid, vf.element, live=True, config=False)
+            plugged += 1
+            lines.append(f"VF {vf.address} ({vf.alias or vf.mac}) plugged back in: the "
+                         "vfmigrate migrate that unplugged it is gone and no migration runs")
+        except LibvirtFailure as error:
+            ok = False
+            pending.append(vf)
+            lines.append(f"could not plug VF {vf.address} ({vf.alias or vf.mac}) back in "
+                         f"after an interrupted vfmigrate migrate: {error}")
+    if not ok and lease.moving:
+        # A VF it could not plug back stays recorded as unplugged for a migration, so
+        # the guest still holds it: nothing releases or resets it; retried next time.
+        host.set_metadata(uuid, metadata.render(lease.moving), METADATA_NAMESPACE,
+                          metadata.PREFIX, live=True, config=guest.persistent)
+    elif plugged or lease.pid or not pending:
+        host.set_metadata(uuid, metadata.render(lease.original), METADATA_NAMESPACE,
+                          metadata.PREFIX, live=True, config=guest.persistent)
+    if pending:
+        if plugged or lease.pid or len(pending) != len(lease.vfs):
+            lease.vfs, lease.pid, lease.started = pending, 0, 0
+            host.set_metadata(uuid, lease.render(), LEASE_NAMESPACE, LEASE_PREFIX, live=True,
+                              config=False)
+        return Recovery(guest.name, "unplug-pending", lines, ok)
+    host.remove_metadata(uuid, LEASE_NAMESPACE, live=True, config=False)
+    return Recovery(guest.name, "recovered", lines, ok)
+
+
+def _macs(xml: bytes) -> set[str]:
+    root = ElementTree.fromstring(xml)
+    return {mac.get("address", "").lower() for mac in root.iter("mac")}
 
 
 def _find_element(root, device: domxml.VFDevice, stand_in: bool):

@@ -13,12 +13,13 @@ STOPPED (any detail)      release the guest's claims (idempotent with the
 STARTED (not MIGRATED)    label the guest's VFs with their network in its
                           metadata (live, and config if persistent) so that a
                           later migration carries the label
-RESUMED/MIGRATED          the guest arrived: its claims become ``active``; a
+arrival (see below)       the guest arrived: its claims become ``active``; a
                           persistent guest's saved definition, which still
                           names the source's VFs, is rewritten to the VFs it
                           holds here; its metadata is labelled
 DEVICE_REMOVED/ADDED      reconcile that guest: an unplugged VF is released
-                          and reset, a plugged one claimed
+                          and reset, a plugged one claimed (a VF a dead
+                          ``vfmigrate migrate`` unplugged is plugged back)
 DEVICE_REMOVAL_FAILED     logged
 JOB_COMPLETED             a migration's time and downtime are logged
 udev add/remove (PCI/net) VF counts refreshed; a claimed VF that vanished is
@@ -28,6 +29,43 @@ udev add/remove (PCI/net) VF counts refreshed; a claimed VF that vanished is
 At start and after every reconnect the whole host is reconciled
 (:mod:`vfmigrate.reconcile`); READY=1 is sent once the callbacks are
 registered and that first reconcile is done.
+
+Never harm a running guest: the listener releases a claim, resets a VF or
+rewrites a definition only on positive evidence: libvirt reports the guest
+shut off or migrated out, or no running guest's live XML names that VF.
+Absence of evidence is not evidence:
+
+* a running guest whose XML vfmigrate cannot read (too large, malformed, or
+  metadata it rejects) is *running, unknown*: its claims stay, none of its
+  VFs is reset, its definitions are not touched; one warning per guest says
+  what is wrong, and everything else (READY=1 included) goes on;
+* a saved definition is rewritten only for a guest that has just arrived by
+  migration (the arrival event, or at start libvirt's state reason
+  ``migrated`` and a saved definition not yet checked on this host), and
+  only for the devices vfmigrate moved: a travelling device of the live XML,
+  matched by MAC or alias (never by position), on a VF this guest holds a
+  claim for here.  The check is recorded in the saved definition's metadata
+  (:data:`SAVED_NAMESPACE`, this host's UUID), so a later ``virsh edit`` of
+  the admin stays as it is;
+* every step for one guest is fenced: a failure is logged for that guest and
+  the other guests, the ledger and the status go on.
+
+Arrival by migration: RESUMED/MIGRATED on a guest this host saw come in
+(STARTED/MIGRATED) or whose state reason is ``migrated`` (on a source,
+RESUMED/MIGRATED means its outgoing migration failed); or, for a guest seen
+coming in, the end of its incoming migration: libvirt 9.0 sends no event for
+a guest that arrives paused (``migrate --suspend``: STARTED/MIGRATED then
+SUSPENDED/PAUSED, no JOB_COMPLETED on the destination, seen), so the main
+thread looks every second until no migration runs on it any more.  Arrival
+is idempotent.
+
+Interrupted ``vfmigrate migrate`` (:mod:`vfmigrate.assisted`): the command
+keeps a lease in the guest's live metadata.  When its process is gone and no
+migration job runs on the guest, the listener of its source host plugs back
+every VF the guest no longer has and restores its metadata; a VF whose
+unplug completes only after the command gave up is plugged back when its
+DEVICE_REMOVED arrives, instead of being released and reset.  A guest whose
+command still runs is looked at every second.
 
 Threads, as in libvirt-python's ``examples/event-test.py``: libvirt's
 default event loop runs on a daemon thread named ``libvirt-event-loop``;
@@ -54,9 +92,9 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from . import METADATA_NAMESPACE, domxml, metadata, replug
+from . import METADATA_NAMESPACE, assisted, domxml, metadata, replug
 from .config import Config
-from .errors import LibvirtFailure, VfmigrateError
+from .errors import BadDomainXML, LibvirtFailure, VfmigrateError
 from .events import Event
 from .inventory import Inventory
 from .ledger import Ledger
@@ -69,6 +107,9 @@ log = logging.getLogger("vfmigrate.listener")
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3
 PRUNE_AFTER = 30 * 86400   # released, reset claims are kept this long as history
+# The saved definition's own record: which host checked its VFs after an arrival.
+SAVED_NAMESPACE = METADATA_NAMESPACE + "/saved-definition"
+SAVED_PREFIX = "vfmigrate-saved"
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -158,6 +199,12 @@ class Listener:
         self.events_handled = 0
         self.last_watchdog = 0.0
         self.reconciled = False   # the first whole-host reconcile is done
+        self.unreadable: dict[str, str] = {}   # uuid -> why its XML was rejected (warned)
+        self.status_problem: str | None = None
+        self.host_uuid: str | None = None
+        self.incoming: dict[str, str] = {}   # uuid -> name: migrating in, not yet arrived
+        self.last_incoming_check = 0.0
+        self.leased: dict[str, str] = {}   # uuid -> name: a live vfmigrate migrate owns it
 
     # -- libvirt callbacks (event-loop thread): enqueue only ----------------
 
@@ -272,6 +319,10 @@ class Listener:
         ready = False
         while not self.stopping:
             self._ping_watchdog()
+            if (self.incoming or self.leased) \
+                    and self.clock() - self.last_incoming_check >= 1.0:
+                self.last_incoming_check = self.clock()
+                self._handle_fenced(("watch",), count=False)
             try:
                 item = self.work.get(timeout=0.5)
             except queue.Empty:
@@ -280,7 +331,10 @@ class Listener:
             if self.reconciled and not ready:
                 self.notifier.notify("READY=1")
                 ready = True
-            self._update_status()
+            try:
+                self._update_status()
+            except Exception:   # never let the status end the listener
+                log.exception("status not updated")
         self.notifier.notify("STOPPING=1")
         self._disconnect()
         if self.stop_udev is not None:
@@ -288,11 +342,11 @@ class Listener:
         event(log, Event.LISTENER, "listener stopped after %d events", self.events_handled)
         return 0
 
-    def _handle_fenced(self, item: tuple) -> None:
+    def _handle_fenced(self, item: tuple, count: bool = True) -> None:
         """Handle one work item; no failure may end the listener."""
         try:
             self.handle(item)
-            self.events_handled += 1
+            self.events_handled += count
         except LibvirtFailure as error:
             log.error("%s: %s", item[0], error)
             if self.host is not None and not self._alive():
@@ -316,12 +370,18 @@ class Listener:
         self.work.put(("reconcile", "reconnect"))
 
     def _update_status(self) -> None:
+        """STATUS= for systemd; fenced: a ledger it cannot read is said, never fatal."""
         try:
             claims = self.ledger.live_claims()
             pending = len({claim.vf for claim in self.ledger.pending_resets()})
-        except VfmigrateError as error:
-            self.notifier.notify(f"STATUS=connected to {self.uri}; ledger unreadable: {error}")
+        except Exception as error:   # a malformed row raises ValueError, not only LedgerError
+            problem = " ".join(str(error).split()) or type(error).__name__
+            if problem != self.status_problem:
+                log.error("status not updated: the ledger cannot be read (%s)", problem)
+                self.status_problem = problem
+            self.notifier.notify(f"STATUS=connected to {self.uri}; ledger unreadable: {problem}")
             return
+        self.status_problem = None
         incoming = sum(1 for claim in claims if claim.state == "incoming")
         self.notifier.notify(f"STATUS=connected to {self.uri}; claims: {incoming} incoming, "
                              f"{len(claims) - incoming} active; {pending} resets pending; "
@@ -349,6 +409,9 @@ class Listener:
             self._reconnect(f"libvirt closed the connection (reason {item[1]})")
         elif kind == "udev":
             self._udev(*item[1:])
+        elif kind == "watch":
+            self._check_incoming()
+            self._check_leased()
         else:
             log.warning("ignoring unknown work item %r", item)
 
@@ -356,19 +419,50 @@ class Listener:
         libvirt = self.libvirt
         log.debug("guest %s: lifecycle event %d detail %d", name, kind, detail)
         if kind == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            self.unreadable.pop(uuid, None)
+            self.incoming.pop(uuid, None)
             self.reconcile_guest(uuid, "stopped")
         elif kind == libvirt.VIR_DOMAIN_EVENT_STARTED \
                 and detail == libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED:
             # The incoming QEMU runs; the VF reaches the guest only once it has arrived.
-            self.configure_teamed_hostdevs(uuid)
+            # It arrives with RESUMED/MIGRATED, or paused (migrate --suspend) or after
+            # post-copy with no event saying so: watched until its migration job ends.
+            self.incoming[uuid] = name
+            self._for_guest(uuid, name, "setting the MAC of its teamed hostdevs",
+                            self.configure_teamed_hostdevs)
         elif kind == libvirt.VIR_DOMAIN_EVENT_STARTED:
-            self.configure_teamed_hostdevs(uuid)
-            self.plug_pending_vfs(uuid)
-            self.label_guest(uuid)
+            for what, step in (("setting the MAC of its teamed hostdevs",
+                                self.configure_teamed_hostdevs),
+                               ("plugging in its pending VFs", self.plug_pending_vfs),
+                               ("labelling its VFs", self.label_guest)):
+                self._for_guest(uuid, name, what, step)
             self.reconcile_guest(uuid, "started")
         elif kind == libvirt.VIR_DOMAIN_EVENT_RESUMED \
                 and detail == libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED:
-            self.arrived(uuid, name)
+            # Also the source's event when its outgoing migration failed: arrival only if
+            # this host saw it come in, or libvirt says it did (state reason migrated).
+            if self.incoming.pop(uuid, None) is not None \
+                    or self.host.arrived_by_migration(uuid):
+                self.arrived(uuid, name)
+            else:
+                self.reconcile_guest(uuid, "migration failed, the guest resumed here")
+        elif uuid in self.incoming:
+            self._check_incoming()
+
+    def _check_incoming(self) -> None:
+        """Arrival of the guests whose incoming migration was under way: its job ended."""
+        for uuid, name in list(self.incoming.items()):
+            try:
+                if self.host.migration_job_running(uuid):
+                    continue
+                active = self.host.is_active(uuid)
+            except LibvirtFailure as error:
+                log.warning("guest %s: cannot tell whether its incoming migration ended: %s",
+                            name, error)
+                continue
+            del self.incoming[uuid]
+            if active:
+                self.arrived(uuid, name)
 
     def _job_completed(self, uuid: str, name: str, params: dict) -> None:
         libvirt = self.libvirt
@@ -383,6 +477,9 @@ class Listener:
         event(log, Event.MIGRATED, "guest %s migrated %s: %s ms elapsed, %s ms downtime", name,
               direction, elapsed, downtime, domain=name, direction=direction,
               time_elapsed_ms=elapsed, downtime_ms=downtime)
+        if direction == "in" and self.host.is_active(uuid):
+            self.incoming.pop(uuid, None)
+            self.arrived(uuid, name)
 
     def _udev(self, action: str, subsystem: str, sys_name: str) -> None:
         if action not in ("add", "remove"):
@@ -412,26 +509,125 @@ class Listener:
                   level=level, domain=correction.domain_name, vf=correction.vf,
                   network=correction.network)
 
-    def reconcile_all(self, context: str) -> list[Correction]:
-        """The whole host; also the saved definitions of guests that arrived while
-        the listener was not there to see them arrive."""
-        guests = self.host.active_guests()
-        corrections = self.reconciler.reconcile(guests)
-        self._log_corrections(corrections, f"reconcile after {context}")
+    # -- one guest at a time, fenced ---------------------------------------------
+
+    def _for_guest(self, uuid: str, name: str, what: str, step: Callable, *args):
+        """Run one step for one guest; its failure is that guest's, never the listener's."""
+        try:
+            return step(uuid, *args)
+        except BadDomainXML as error:
+            self._warn_unreadable(uuid, name, error)
+        except LibvirtFailure as error:
+            if self.host is not None and not self._alive():
+                raise   # the connection is gone: _handle_fenced reconnects
+            log.error("guest %s: %s failed: %s", name, what, error)
+        except VfmigrateError as error:
+            log.error("guest %s: %s failed: %s", name, what, error)
+        except Exception:
+            log.exception("guest %s: %s failed with an unexpected error", name, what)
+        return None
+
+    def _parse(self, xml: bytes) -> domxml.DomainXML:
+        return domxml.parse(xml, allow_stand_ins=self.config.allow_stand_ins)
+
+    def _warn_unreadable(self, uuid: str, name: str, error: Exception) -> None:
+        """Once per guest (and problem): a running guest vfmigrate cannot read."""
+        problem = str(error)
+        if self.unreadable.get(uuid) == problem:
+            return
+        self.unreadable[uuid] = problem
+        event(log, Event.CONFLICT, "guest %s is running but vfmigrate cannot read its XML "
+              "(%s); its VFs stay claimed and nothing of it is reset or rewritten until that "
+              "is fixed", name, problem, level=logging.WARNING, domain=name)
+
+    def _readable(self, guests: list) -> list:
+        """The running guests whose XML vfmigrate reads; the others are warned about."""
+        readable = []
         for guest in guests:
-            if guest.persistent:
-                self.fix_persistent_definition(guest.uuid)
+            try:
+                self._parse(guest.xml)
+            except BadDomainXML as error:
+                self._warn_unreadable(guest.uuid, guest.name, error)
+                continue
+            if self.unreadable.pop(guest.uuid, None) is not None:
+                log.info("guest %s: its XML can be read again", guest.name)
+            readable.append(guest)
+        return readable
+
+    def _known(self, corrections: list[Correction]) -> list[Correction]:
+        """Corrections without reconcile's own report of an unreadable guest (warned)."""
+        return [c for c in corrections
+                if not (c.domain_uuid in self.unreadable and c.claim is None
+                        and str(c.vf) == "-")]
+
+    # -- actions -------------------------------------------------------------------
+
+    def reconcile_all(self, context: str) -> list[Correction]:
+        """The whole host, each guest fenced; also the saved definitions of guests that
+        arrived while the listener was not there to see them arrive, and the VFs of a
+        ``vfmigrate migrate`` that died after unplugging them."""
+        guests = self.host.active_guests()
+        readable = self._readable(guests)
+        for guest in readable:
+            self._for_guest(guest.uuid, guest.name, "finishing an interrupted vfmigrate "
+                            "migrate", self.recover_interrupted_migration)
+        corrections: list[Correction] = []
+        try:
+            corrections = self.reconciler.reconcile(self.host.active_guests())
+        except LibvirtFailure:
+            raise
+        except Exception as error:
+            log.error("reconcile after %s failed: %s; claims stay as they are until the next "
+                      "reconcile", context, " ".join(str(error).split()),
+                      exc_info=not isinstance(error, VfmigrateError))
+        self._log_corrections(self._known(corrections), f"reconcile after {context}")
+        for guest in readable:
+            if guest.persistent and self._arrived_unchecked(guest.uuid):
+                self._for_guest(guest.uuid, guest.name, "fixing its saved definition",
+                                self.fix_persistent_definition)
             if b'replug="pending"' in guest.xml or b"replug='pending'" in guest.xml:
-                self.plug_pending_vfs(guest.uuid)
-        with self.ledger.transaction():
-            self.ledger.prune(self.clock() - PRUNE_AFTER)
+                self._for_guest(guest.uuid, guest.name, "plugging in its pending VFs",
+                                self.plug_pending_vfs)
+        try:
+            with self.ledger.transaction():
+                self.ledger.prune(self.clock() - PRUNE_AFTER)
+        except Exception as error:
+            log.error("could not prune old ledger rows: %s", error)
         self.reconciled = True
         return corrections
 
     def reconcile_guest(self, uuid: str, context: str) -> list[Correction]:
-        corrections = self.reconciler.reconcile(self.host.active_guests(), only_uuid=uuid)
-        self._log_corrections(corrections, context)
+        guests = self.host.active_guests()
+        guest = next((g for g in guests if g.uuid == uuid), None)
+        if guest is not None and not self._readable([guest]):
+            return []   # running, unknown: nothing of it is released or reset
+        if guest is not None:
+            self._for_guest(uuid, guest.name, "finishing an interrupted vfmigrate migrate",
+                            self.recover_interrupted_migration)
+            guests = self.host.active_guests()
+        corrections = self.reconciler.reconcile(guests, only_uuid=uuid)
+        self._log_corrections(self._known(corrections), context)
         return corrections
+
+    def recover_interrupted_migration(self, uuid: str) -> bool:
+        """Plug back the VFs a dead ``vfmigrate migrate`` unplugged (see assisted);
+        a guest whose command still runs is looked at again every few seconds."""
+        recovery = assisted.recover_interrupted(self.host, uuid)
+        if recovery is None or recovery.state != "owned":
+            self.leased.pop(uuid, None)
+        if recovery is None:
+            return False
+        if recovery.state == "owned":
+            self.leased[uuid] = recovery.name
+        for line in recovery.lines:
+            event(log, Event.ATTACHED, "guest %s: %s", recovery.name, line,
+                  level=logging.INFO if recovery.ok else logging.ERROR, domain=recovery.name)
+        return recovery.state == "recovered"
+
+    def _check_leased(self) -> None:
+        for uuid, name in list(self.leased.items()):
+            if self.recover_interrupted_migration(uuid):
+                self.reconcile_guest(uuid, "interrupted vfmigrate migrate finished")
 
     def _network_of(self, inventory: Inventory):
         def network_of(address):
@@ -444,7 +640,7 @@ class Listener:
         guest = self.host.guest(uuid)
         if guest is None:
             return False
-        parsed = domxml.parse(guest.xml)
+        parsed = self._parse(guest.xml)
         inventory = Inventory(self.config.sysfs_root, self.config.networks.values())
         entries = metadata.labelled_entries(parsed, self._network_of(inventory))
         if entries is None:
@@ -469,9 +665,10 @@ class Listener:
         for change in claims.activate(uuid, "arrived: migration finished"):
             event(log, change.event, "guest %s arrived: VF %s active", name, change.claim.vf,
                   domain=name, vf=change.claim.vf, network=change.claim.network)
-        self.fix_persistent_definition(uuid)
-        self.plug_pending_vfs(uuid)
-        self.label_guest(uuid)
+        for what, step in (("fixing its saved definition", self.fix_persistent_definition),
+                           ("plugging in its pending VFs", self.plug_pending_vfs),
+                           ("labelling its VFs", self.label_guest)):
+            self._for_guest(uuid, name, what, step)
         self.reconcile_guest(uuid, "arrived")
 
     def configure_teamed_hostdevs(self, uuid: str) -> None:
@@ -484,7 +681,7 @@ class Listener:
         guest = self.host.guest(uuid)
         if guest is None or b"hostdev" not in guest.xml:
             return
-        parsed = domxml.parse(guest.xml)
+        parsed = self._parse(guest.xml)
         inventory = Inventory(self.config.sysfs_root, self.config.networks.values())
         for device in parsed.devices:
             mac = parsed.teaming_mac(device) if device.kind == "hostdev" else None
@@ -511,12 +708,30 @@ class Listener:
                   level=logging.INFO if plugged.ok else logging.ERROR, domain=name,
                   vf=plugged.address)
 
-    def fix_persistent_definition(self, uuid: str) -> bool:
-        """Make the saved definition name the VFs the running guest holds here.
+    def _this_host(self) -> str:
+        """This host's UUID as libvirt reports it (its hostname if it has none)."""
+        if self.host_uuid is None:
+            self.host_uuid = self.host.host_uuid()
+        return self.host_uuid
 
-        libvirt passes only the live XML through the hook, so after
-        ``migrate --persistent`` the saved definition still names the source's
-        VFs.
+    def _arrived_unchecked(self, uuid: str) -> bool:
+        """Positive evidence of an arrival whose saved definition was not yet checked
+        here: libvirt says the guest runs (or is paused) after an incoming migration,
+        and its saved definition carries no record of this host."""
+        if not self.host.arrived_by_migration(uuid):
+            return False
+        saved = self.host.guest(uuid, inactive=True)
+        return saved is not None and _checked_on(saved.xml) != self._this_host()
+
+    def fix_persistent_definition(self, uuid: str) -> bool:
+        """After an arrival, make the saved definition name the VFs vfmigrate moved.
+
+        libvirt passes only the live XML through the hook, so after ``migrate
+        --persistent`` the saved definition still names the source's VFs.  Only the
+        devices the hook moved are rewritten: a travelling device of the live XML
+        (teamed or in vfmigrate's metadata) on a VF this guest holds a claim for here,
+        matched to its saved device by MAC or alias alone; every other byte stays.
+        The saved definition then records that this host checked it.
         """
         live = self.host.guest(uuid)
         if live is None or not live.persistent:
@@ -524,35 +739,52 @@ class Listener:
         saved = self.host.guest(uuid, inactive=True)
         if saved is None:
             return False
-        live_doc, saved_doc = domxml.parse(live.xml), domxml.parse(saved.xml)
-        pairs = []
+        live_doc, saved_doc = self._parse(live.xml), self._parse(saved.xml)
+        claimed = {claim.vf for claim in self.ledger.claims_of(uuid)}
+        pairs, targets = [], set()
         for device in saved_doc.devices:
-            match = _same_device(device, saved_doc.devices, live_doc.devices)
-            if match is not None and match.address is not None \
-                    and match.address != device.address:
-                pairs.append((device, match.address))
-        if not pairs:
-            return False
-        self.host.define(saved_doc.rewrite(pairs))
-        for device, address in pairs:
-            event(log, Event.CORRECTED, "guest %s: saved definition now names VF %s for %s "
-                  "(was %s)", live.name, address, device.describe(), device.address,
-                  domain=live.name, vf=address)
-        return True
+            match = _moved_counterpart(device, live_doc.travelling_devices)
+            if match is None or match.address is None or match.address not in claimed \
+                    or match.address == device.address or id(match) in targets:
+                continue
+            targets.add(id(match))
+            pairs.append((device, match.address))
+        if pairs:
+            self.host.define(saved_doc.rewrite(pairs))
+            for device, address in pairs:
+                event(log, Event.CORRECTED, "guest %s: saved definition now names VF %s for "
+                      "%s (was %s), as the migration moved it", live.name, address,
+                      device.describe(), device.address, domain=live.name, vf=address)
+        self.host.set_metadata(uuid, f"<checked host={metadata.quoteattr(self._this_host())}/>",
+                               SAVED_NAMESPACE, SAVED_PREFIX, live=False, config=True)
+        return bool(pairs)
 
 
-def _same_device(device: domxml.VFDevice, saved: list[domxml.VFDevice],
-                 live: list[domxml.VFDevice]) -> domxml.VFDevice | None:
-    """The live counterpart of a saved device: by MAC, alias, else position."""
-    same_kind = [d for d in live if d.kind == device.kind]
+def _checked_on(saved_xml: bytes) -> str | None:
+    """The host whose listener last checked this saved definition after an arrival."""
+    import xml.etree.ElementTree as ElementTree
+    try:
+        root = ElementTree.fromstring(saved_xml)
+    except ElementTree.ParseError:
+        return None
+    checked = root.find(f"metadata/{{{SAVED_NAMESPACE}}}checked")
+    return checked.get("host") if checked is not None else None
+
+
+def _moved_counterpart(device: domxml.VFDevice,
+                       travelling: list[domxml.VFDevice]) -> domxml.VFDevice | None:
+    """The one travelling live device that is this saved device, by MAC else alias;
+    None if there is none or more than one (never by position)."""
     for key in ("mac", "alias"):
         value = getattr(device, key)
-        if value:
-            found = next((d for d in same_kind if getattr(d, key) == value), None)
-            if found is not None:
-                return found
-    position = [d for d in saved if d.kind == device.kind].index(device)
-    return same_kind[position] if position < len(same_kind) else None
+        if not value:
+            continue
+        found = [d for d in travelling if d.kind == device.kind and getattr(d, key) == value]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            return None
+    return None
 
 
 def main(argv: list[str], stdout: TextIO, stderr: TextIO, *,

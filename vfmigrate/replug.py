@@ -74,7 +74,7 @@ def plug_pending(host, uuid: str, *, allow_stand_ins: bool) -> list[Plugged]:
     guest = host.guest(uuid)
     if guest is None:
         return []
-    parsed = domxml.parse(guest.xml)
+    parsed = domxml.parse(guest.xml, allow_stand_ins=allow_stand_ins)
     pending = pending_vfs(parsed)
     if not pending:
         return []

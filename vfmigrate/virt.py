@@ -152,6 +152,91 @@ class LibvirtHost:
             raise failure("setMetadata", error) from None
         return True
 
+    def remove_metadata(self, uuid: str, namespace: str, *, live: bool, config: bool) -> bool:
+        """Drop the metadata element of ``namespace``; False if the guest is gone."""
+        domain = self._lookup(uuid)
+        if domain is None:
+            return False
+        try:
+            domain.setMetadata(self.libvirt.VIR_DOMAIN_METADATA_ELEMENT, None, None, namespace,
+                               self._flags(live, config))
+        except self.libvirt.libvirtError as error:
+            if self._gone(error):
+                return False
+            raise failure("setMetadata", error) from None
+        return True
+
+    def metadata(self, uuid: str, namespace: str, *, inactive: bool = False) -> str | None:
+        """The metadata element of ``namespace`` (live, or of the saved definition)."""
+        domain = self._lookup(uuid)
+        if domain is None:
+            return None
+        flags = self.libvirt.VIR_DOMAIN_AFFECT_CONFIG if inactive else 0
+        try:
+            return domain.metadata(self.libvirt.VIR_DOMAIN_METADATA_ELEMENT, namespace, flags)
+        except self.libvirt.libvirtError as error:
+            if self._gone(error) or error.get_error_code() == \
+                    self.libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None
+            raise failure("read metadata", error) from None
+
+    def state(self, uuid: str) -> tuple[int, int] | None:
+        """libvirt's (state, reason) of the guest, None if it is gone."""
+        domain = self._lookup(uuid)
+        if domain is None:
+            return None
+        try:
+            state, reason = domain.state()
+        except self.libvirt.libvirtError as error:
+            if self._gone(error):
+                return None
+            raise failure("read domain state", error) from None
+        return state, reason
+
+    def arrived_by_migration(self, uuid: str) -> bool:
+        """libvirt's own word that the running guest came here by an incoming migration
+        and has not been paused or resumed since: state reason ``migrated``)."""
+        libvirt = self.libvirt
+        return self.state(uuid) == (libvirt.VIR_DOMAIN_RUNNING,
+                                    libvirt.VIR_DOMAIN_RUNNING_MIGRATED)
+
+    def migration_job_running(self, uuid: str) -> bool:
+        """Whether libvirt runs a job on the guest (a migration in or out, a save …) or
+        it is still paused by an incoming migration."""
+        libvirt = self.libvirt
+        domain = self._lookup(uuid)
+        if domain is None:
+            return False
+        try:
+            state, reason = domain.state()
+            stats = domain.jobStats()
+        except libvirt.libvirtError as error:
+            if self._gone(error):
+                return False
+            if error.get_error_code() == libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
+                # libvirt 9.0 on the destination of a running incoming migration:
+                # "migration statistics are available only on the source host" (seen).
+                return True
+            raise failure("read job stats", error) from None
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE:
+            return True
+        return state == libvirt.VIR_DOMAIN_PAUSED and reason in (
+            libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
+            libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
+
+    def host_uuid(self) -> str:
+        """This host's UUID from libvirt's capabilities (its hostname if none)."""
+        import xml.etree.ElementTree as ElementTree
+        if getattr(self, "_host_uuid", None):
+            return self._host_uuid
+        try:
+            capabilities = self.connection.getCapabilities()
+            uuid = ElementTree.fromstring(capabilities).findtext("host/uuid")
+            self._host_uuid = (uuid or self.connection.getHostname()).strip()
+        except self.libvirt.libvirtError as error:
+            raise failure("read capabilities", error) from None
+        return self._host_uuid
+
     def define(self, xml: bytes) -> None:
         try:
             self.connection.defineXML(xml.decode())
@@ -236,6 +321,20 @@ class LibvirtHost:
                 domain.migrate3(destination.connection, params, flags)
         except libvirt.libvirtError as error:
             raise failure(f"migrate to {destination_uri}", error) from None
+
+    def abort_job(self, uuid: str) -> bool:
+        """Abort the guest's running job (a migration); False if none ran or it is gone."""
+        domain = self._lookup(uuid)
+        if domain is None:
+            return False
+        try:
+            domain.abortJob()
+        except self.libvirt.libvirtError as error:
+            if self._gone(error) \
+                    or error.get_error_code() == self.libvirt.VIR_ERR_OPERATION_INVALID:
+                return False
+            raise failure("abort job", error) from None
+        return True
 
     def suspend(self, uuid: str) -> None:
         """Pause the guest (virsh migrate --timeout does this so a migration converges)."""
