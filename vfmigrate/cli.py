@@ -275,8 +275,8 @@ def _reconcile(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     try:
         with Ledger(config.ledger_path, lock_timeout=config.lock_timeout) as ledger:
             reconciler = Reconciler(config, ledger, vf_netlink=vf_resetter(config))
-            corrections = reconciler.reconcile(
-                host.active_guests(), dry_run=args.dry_run)
+            corrections = reconciler.reconcile(   # the function: claims are read first
+                host.active_guests, dry_run=args.dry_run)
     finally:
         host.close()
     prefix = "would " if args.dry_run else ""

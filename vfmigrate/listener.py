@@ -573,7 +573,9 @@ class Listener:
                             "migrate", self.recover_interrupted_migration)
         corrections: list[Correction] = []
         try:
-            corrections = self.reconciler.reconcile(self.host.active_guests())
+            # the function, not its result: reconcile snapshots the claims before it
+            # lists the guests, so a guest starting meanwhile keeps its new claim
+            corrections = self.reconciler.reconcile(self.host.active_guests)
         except LibvirtFailure:
             raise
         except Exception as error:
@@ -597,6 +599,7 @@ class Listener:
         return corrections
 
     def reconcile_guest(self, uuid: str, context: str) -> list[Correction]:
+        claims_before = self.reconciler.snapshot()   # before listing: see reconcile_all
         guests = self.host.active_guests()
         guest = next((g for g in guests if g.uuid == uuid), None)
         if guest is not None and not self._readable([guest]):
@@ -604,8 +607,10 @@ class Listener:
         if guest is not None:
             self._for_guest(uuid, guest.name, "finishing an interrupted vfmigrate migrate",
                             self.recover_interrupted_migration)
+            claims_before = self.reconciler.snapshot()
             guests = self.host.active_guests()
-        corrections = self.reconciler.reconcile(guests, only_uuid=uuid)
+        corrections = self.reconciler.reconcile(guests, only_uuid=uuid,
+                                                claims_before=claims_before)
         self._log_corrections(self._known(corrections), context)
         return corrections
 
