@@ -1,7 +1,7 @@
 # vfmigrate developer entry points (see README.md).  Everything runs as root.
 PYTHON := .venv/bin/python
 
-.PHONY: deps test unit demo demo-quick bench deb rpm
+.PHONY: deps test unit demo demo-quick bench deb rpm release
 
 deps:
 	tests/install-deps
@@ -32,3 +32,8 @@ deb:
 
 rpm:
 	packaging/build rpm
+
+# Both packages and dist/SHA256SUMS of the two; the version is vfmigrate/__init__.py's,
+# which must be CHANGELOG.md's newest release (the packages' changelogs come from it).
+release:
+	packaging/build release

@@ -23,6 +23,8 @@ import os
 from collections.abc import Callable
 from io import TextIOBase
 
+from . import __version__
+
 IDENTIFIER = "vfmigrate"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 ERROR, WARNING, INFO = 3, 4, 6   # syslog priorities
@@ -54,7 +56,8 @@ class Event(enum.Enum):
 
 def journal_fields(kind: Event, *, domain: str | None = None, vf: object = None,
                    network: str | None = None, **extra: object) -> dict[str, str]:
-    fields = {"MESSAGE_ID": kind.message_id, "VFMIGRATE_ACTION": kind.name.lower()}
+    fields = {"MESSAGE_ID": kind.message_id, "VFMIGRATE_ACTION": kind.name.lower(),
+              "VFMIGRATE_VERSION": __version__}   # which code acted, across upgrades
     if domain is not None:
         fields["VFMIGRATE_DOMAIN"] = domain
     if vf is not None:

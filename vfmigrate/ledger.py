@@ -212,6 +212,7 @@ class Ledger:
         takes an exclusive lock): retry until the lock timeout."""
         while True:
             try:
+                self._refuse_newer_schema()   # before anything writes to a newer ledger
                 if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = NORMAL")
@@ -253,20 +254,28 @@ class Ledger:
 
     # -- schema ---------------------------------------------------------------
 
+    def _refuse_newer_schema(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(path=self.path, problem=(
+                f"schema version {version} is newer than this vfmigrate supports "
+                f"({SCHEMA_VERSION}); upgrade vfmigrate (the ledger is kept as it is)"))
+
     def _ensure_schema(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
         with self.transaction():
+            self._refuse_newer_schema()
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version > SCHEMA_VERSION:
+            elif version != SCHEMA_VERSION:   # no migration exists from that version
                 raise LedgerError(path=self.path, problem=(
-                    f"schema version {version} is newer than this vfmigrate supports "
-                    f"({SCHEMA_VERSION}); upgrade vfmigrate"))
+                    f"schema version {version} is older than this vfmigrate reads "
+                    f"({SCHEMA_VERSION}) and has no migration; keep the file and report it"))
 
     # -- transactions ---------------------------------------------------------
 

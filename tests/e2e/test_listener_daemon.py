@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import time
 
+import vfmigrate
 from tests.testbed.guests import no_os_guest_xml
 from vfmigrate.events import Event
 
@@ -38,6 +39,7 @@ def test_journal_gets_structured_fields_from_hook_and_listener(hosts):
             activated["VFMIGRATE_NETWORK"], activated["MESSAGE_ID"], activated["PRIORITY"]) == \
         ("web1", str(a.vfs[2]), "physnet1", Event.ACTIVATED.message_id, "6")
     assert by_action["released"]["VFMIGRATE_VF"] == str(a.vfs[2])   # hook (stopped)
+    assert {e["VFMIGRATE_VERSION"] for e in by_action.values()} == {vfmigrate.__version__}
     reset = by_action["reset"]          # from the listener
     assert reset["VFMIGRATE_DOMAIN"] == "web1" and reset["LOGGER"] == "vfmigrate.listener"
     assert [e["MESSAGE"].split(" (")[0] for e in entries

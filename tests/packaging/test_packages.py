@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import build_package
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
+import changelog  # noqa: E402  packaging/changelog.py
 from tests.testbed.fixtures import testbed_factory  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +56,7 @@ RPM_FILES = {
     "/usr/lib/tmpfiles.d/vfmigrate.conf",
     "/usr/libexec/vfmigrate/qemu-hook",
     "/usr/libexec/vfmigrate/vfmigrate-listener",
-    "/usr/share/man/man8/vfmigrate.8",
+    "/usr/share/man/man8/vfmigrate.8.gz",
     "/var/lib/vfmigrate",
 }
 
@@ -108,17 +112,109 @@ def test_rpm_files_land_where_expected(rpm):
     for dependency in ("libvirt-daemon >= 6.5", "python3-libvirt", "python3-pyudev",
                        "python3-systemd", "python3-pyroute2"):
         assert dependency in requires
-    scripts = run(["rpm", "-qp", "--scripts", str(rpm)]).stdout
-    assert "preset vfmigrate-listener.service" in scripts
-    assert "disable --now vfmigrate-listener.service" in scripts
-    assert "try-restart vfmigrate-listener.service" in scripts
-    posttrans = scripts.split("posttrans scriptlet", 1)[1].split("scriptlet", 1)[0]
-    assert "/usr/bin/vfmigrate hook enable $hint" in posttrans   # after the old files went
-    preun = scripts.split("preuninstall scriptlet", 1)[1].split("scriptlet", 1)[0]
-    assert "grep -q '^# vfmigrate-hook:'" in preun and 'rm -f "$hook"' in preun
     config = run(["rpm", "-qpc", str(rpm)]).stdout.split()
     assert config == ["/etc/vfmigrate/vfmigrate.conf"]
     assert run(["rpm", "-qp", "--qf", "%{VERSION}", str(rpm)]).stdout == VERSION
+
+
+def _scriptlets(rpm: Path) -> dict[str, str]:
+    """rpm -qp --scripts, by phase: {"preinstall": body, ...}."""
+    text = run(["rpm", "-qp", "--scripts", str(rpm)]).stdout
+    parts = re.split(r"^(\w+) scriptlet \(using /bin/sh\):\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def _guarded(body: str, condition: str, command: str) -> bool:
+    """Whether ``command`` runs only inside an ``if [ CONDITION ]; then ... fi``."""
+    stack: list[str] = []
+    for word in re.findall(r"(?<![\w-])if .*?; then|(?<![\w-])fi(?![\w-])|[^\n]+?(?="
+                           r"(?<![\w-])if |(?<![\w-])fi(?![\w-])|$)", body, re.M):
+        if command in word:     # a command, or the condition of an inner if
+            return f"if [ {condition} ]; then" in stack
+        if word.startswith("if "):
+            stack.append(word)
+        elif word == "fi":
+            stack.pop()
+    return False
+
+
+def test_rpm_scriptlets_per_phase(rpm):
+    """rpm passes $1 = instances left after the step: install 1, upgrade 2 (new
+    package) / 1 (old package's %preun/%postun), erase 0.  An upgrade runs the new
+    %pre, %post, the old %preun, %postun, then the new %posttrans."""
+    phases = _scriptlets(rpm)
+    assert set(phases) == {"preinstall", "postinstall", "preuninstall", "postuninstall",
+                           "posttrans"}
+    # %pre: on upgrade only, leave the mark that tells %posttrans not to hint a restart.
+    assert _guarded(phases["preinstall"], "$1 -gt 1",
+                    "touch /var/lib/rpm-state/vfmigrate/upgrade")
+    # %post: the listener's preset on first install only; never the hook (%posttrans).
+    assert _guarded(phases["postinstall"], "$1 -eq 1",
+                    "systemctl --no-reload preset vfmigrate-listener.service")
+    assert "hook" not in phases["postinstall"]
+    # %preun: on erase only, stop the listener and delete our hook copy (marker line)
+    # while the Python package is still there; an upgrade's old %preun does nothing.
+    preun = phases["preuninstall"]
+    assert _guarded(preun, "$1 -eq 0", "systemctl --no-reload disable --now "
+                                      "vfmigrate-listener.service")
+    assert _guarded(preun, "$1 -eq 0", "grep -q '^# vfmigrate-hook:' \"$hook\"")
+    assert _guarded(preun, "$1 -eq 0", 'rm -f "$hook"')
+    assert _guarded(preun, "$1 -eq 0", "rm -rf /etc/libvirt/hooks/qemu.d/.vfmigrate-staging")
+    assert preun.count("rm ") == 2
+    # %postun: restart the listener on upgrade only (new code), nothing on erase.
+    assert _guarded(phases["postuninstall"], "$1 -ge 1",
+                    "systemctl try-restart vfmigrate-listener.service")
+    # %posttrans: after the old files went, enable (prove, copy) the hook; never fail.
+    posttrans = phases["posttrans"]
+    assert "if ! /usr/bin/vfmigrate hook enable $hint >&2; then" in posttrans
+    assert "exit" not in posttrans and "set -e" not in posttrans
+    assert "rm -rf /var/lib/rpm-state/vfmigrate\n" in posttrans
+
+
+@pytest.mark.skipif(not shutil.which("rpmlint", path=SYSTEM_PATH),
+                    reason="rpmlint is not installed (Debian package rpmlint; "
+                           "tests/install-deps should install it)")
+def test_rpm_and_spec_pass_rpmlint_with_only_the_justified_waivers(rpm):
+    spec = REPO / build_package("spec")
+    rc = REPO / "packaging/rpm/vfmigrate.rpmlintrc"
+    selinux = rpm.with_name(f"vfmigrate-selinux-{VERSION}-1.noarch.rpm")
+    result = run(["rpmlint", "-r", str(rc), str(spec), str(rpm), str(selinux)], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 packages and 1 specfiles checked; 0 errors, 0 warnings" in result.stdout, \
+        result.stdout
+    # rpmlint reports a waiver that matched nothing (unused-rpmlintrc-filter): none is stale.
+    assert "unused-rpmlintrc-filter" not in result.stdout
+
+
+def test_rpm_selinux_subpackage_installs_and_removes_the_module(rpm):
+    selinux = rpm.with_name(f"vfmigrate-selinux-{VERSION}-1.noarch.rpm")
+    module = "/usr/share/selinux/packages/targeted/vfmigrate.cil"
+    assert module in run(["rpm", "-qlp", str(selinux)]).stdout.split()
+    assert run(["rpm", "-qp", "--qf", "%{VERSION}", str(selinux)]).stdout == VERSION
+    # Pulled in by the main package exactly where the targeted policy is installed.
+    requires = run(["rpm", "-qpR", str(rpm)]).stdout
+    assert f"(vfmigrate-selinux = {VERSION}-1 if selinux-policy-targeted)" in requires
+    assert "selinux-policy-targeted" in run(["rpm", "-qpR", str(selinux)]).stdout
+    phases = _scriptlets(selinux)
+    assert set(phases) == {"postinstall", "postuninstall", "posttrans"}
+    assert f"/usr/sbin/semodule -n -s targeted -X 200 -i {module} || :" in \
+        phases["postinstall"]
+    assert "/usr/sbin/restorecon -RF /var/lib/vfmigrate" in phases["posttrans"]
+    # Removed on erase only (an upgrade's %postun has $1 = 1 and keeps it).
+    assert phases["postuninstall"].startswith("if [ $1 -eq 0 ] && ")
+    assert "/usr/sbin/semodule -n -s targeted -X 200 -r vfmigrate" in phases["postuninstall"]
+
+
+def test_both_changelogs_are_made_from_CHANGELOG_md(deb, rpm, tmp_path):
+    releases = changelog.parse((REPO / "CHANGELOG.md").read_text())
+    assert releases[0][0] == VERSION
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    shipped = subprocess.run(["gzip", "-dc", str(tmp_path / "usr/share/doc/vfmigrate/"
+                                                 "changelog.gz")],
+                             capture_output=True, text=True, check=True).stdout
+    assert shipped == changelog.debian(releases)
+    told = run(["rpm", "-qp", "--changelog", str(rpm)]).stdout
+    assert told.strip() == changelog.rpm(releases).replace("%%", "%").strip()
 
 
 def test_installed_files_unit_and_state(installed):
