@@ -35,9 +35,17 @@ Network of a two-host lab (all emulated, nothing leaves the machine):
 * control: QEMU user-net (``restrict=on``) with ``hostfwd`` 127.0.0.1:<port> -> L1:22; the
   lab talks ssh with a key made at image build time (:meth:`L1Host.run`, :meth:`L1Host.put`).
 * ``mig``: virtio-net pair (QEMU ``dgram`` netdevs on 127.0.0.1), 192.0.2.<i>/24, host names
-  ``lab-a``/``lab-b`` in /etc/hosts, libvirtd on TCP 16509 with ``auth_tcp = "none"``.
+  ``lab-a``/``lab-b`` in /etc/hosts; libvirt between the hosts over ``qemu+ssh://`` (root's
+  key pair and the pinned host key are the image's own, shared by both L1s), QEMU's
+  migration stream on libvirt's native migration ports (49152+); no libvirtd TCP listener.
 * "physical" segment: the two igb PFs joined by a ``dgram`` pair; ``br0`` (PF enslaved) has
   198.51.100.<i>/24.  L2 guests use 198.51.100.10+.
+
+The L1 hosts are stock Debian 12 libvirt hosts: ``apparmor`` installed and libvirtd's profile
+enforcing, qemu.conf/libvirtd.conf as shipped (QEMU runs as ``libvirt-qemu`` under its
+``libvirt-<uuid>`` profile, dynamic ownership on), virtlockd/virtlogd/libvirt-guests as
+shipped; only timers and services of no use in a throw-away VM are masked
+(:data:`L1_MASKED_UNITS`).
 
 L2 guests: :func:`l2_domain_xml` (q35, ``<acpi/>`` — without it libvirt passes ``-no-acpi``
 and the failover VF never reaches the guest), :meth:`L1Host.start_l2`,
@@ -349,14 +357,15 @@ L1_PACKAGES = (
     "libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients",
     "qemu-system-x86", "python3", "python3-libvirt", "python3-pyudev", "python3-systemd",
     "python3-pyroute2", "iproute2", "iputils-ping", "openssh-server", "pciutils", "ethtool",
-    "procps", "busybox-static", "tcpdump", "less",
+    "procps", "busybox-static", "tcpdump", "less", "apparmor",
 )
 L1_IMAGE_SIZE = "4G"
-# Units that only slow a TCG boot down.
+# Units that only slow a TCG boot down (timers and services no libvirt host needs for
+# the lab; nothing of libvirt's own: virtlockd, virtlogd, libvirt-guests stay as shipped).
 L1_MASKED_UNITS = (
     "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer",
     "systemd-timesyncd.service", "man-db.timer", "dpkg-db-backup.timer",
-    "libvirt-guests.service", "virtlockd.socket", "systemd-networkd-wait-online.service",
+    "systemd-networkd-wait-online.service",
     "getty@tty1.service", "systemd-pstore.service", "logrotate.timer",
 )
 
@@ -385,18 +394,8 @@ TimeoutStartSec=600
 [Install]
 WantedBy=multi-user.target
 """
-_QEMU_CONF = """\
-# vfmigrate lab: TCG in TCG, root, no confinement (see shared/FACTS.md)
-user = "root"
-group = "root"
-dynamic_ownership = 0
-remember_owner = 0
-security_driver = "none"
-"""
-_LIBVIRTD_CONF = """\
-listen_tcp = 1
-auth_tcp = "none"
-"""
+#: names (and mig addresses) under which an L1 knows the other's ssh host key
+L1_SSH_NAMES = "lab-a,lab-b,192.0.2.1,192.0.2.2"
 _SSHD_CONF = """\
 PermitRootLogin prohibit-password
 PasswordAuthentication no
@@ -426,8 +425,7 @@ def l1_image(qemu: OuterQemu | None = None) -> L1Image:
     apt_ready()
     versions = candidate_versions(L1_PACKAGES)
     key = _hash(versions, inspect.getsource(l1_image), inspect.getsource(_customize_l1),
-                _FSTAB, _INIT_UNIT, _QEMU_CONF,
-                _LIBVIRTD_CONF, _SSHD_CONF, L1_MASKED_UNITS, L1_IMAGE_SIZE)
+                _FSTAB, _INIT_UNIT, _SSHD_CONF, L1_SSH_NAMES, L1_MASKED_UNITS, L1_IMAGE_SIZE)
     final = CACHE / f"l1-{key}"
     if (final / ".complete").exists():
         return L1Image(final)
@@ -478,25 +476,27 @@ def _customize_l1(root: Path, out: Path) -> None:
         (root / d).mkdir(parents=True, exist_ok=True)
     write("etc/modules-load.d/vfmigrate-lab.conf", "9p\n9pnet_virtio\nvfio-pci\nbridge\n")
     write("etc/systemd/system/vfmigrate-lab-init.service", _INIT_UNIT)
-    with (root / "etc/libvirt/qemu.conf").open("a") as f:
-        f.write("\n" + _QEMU_CONF)
-    with (root / "etc/libvirt/libvirtd.conf").open("a") as f:
-        f.write("\n" + _LIBVIRTD_CONF)
-    write("etc/default/libvirtd", "LIBVIRTD_ARGS=\"\"\n")
+    # libvirt as shipped: qemu.conf, libvirtd.conf, /etc/default/libvirtd untouched (QEMU as
+    # libvirt-qemu, dynamic ownership, AppArmor; no TCP listener; --timeout 120)
     write("etc/ssh/sshd_config.d/vfmigrate-lab.conf", _SSHD_CONF)
     # no default NAT network (no dnsmasq, no 192.168.122.0/24)
     for p in (root / "etc/libvirt/qemu/networks/autostart").glob("*.xml"):
         p.unlink()
-    # root login with a key made now; pinned host key
+    # root login with a key made now; pinned host key.  Both L1s boot from this image, so
+    # they share the key pair and the host key: root on one L1 logs in to the other with it
+    # (qemu+ssh:// migrations), the other's host key pinned by name and mig address.
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vfmigrate-lab",
          "-f", out / "id_ed25519"])
     write("root/.ssh/authorized_keys", (out / "id_ed25519.pub").read_text(), 0o600)
+    write("root/.ssh/id_ed25519", (out / "id_ed25519").read_text(), 0o600)
+    write("root/.ssh/id_ed25519.pub", (out / "id_ed25519.pub").read_text(), 0o644)
     (root / "root/.ssh").chmod(0o700)
     hostkey = (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
     (out / "known_hosts").write_text(f"vfmigrate-lab-l1 {hostkey[0]} {hostkey[1]}\n")
+    write("root/.ssh/known_hosts", f"{L1_SSH_NAMES} {hostkey[0]} {hostkey[1]}\n", 0o644)
     run(["chroot", root, "passwd", "-d", "root"])  # console login for debugging
     run(["systemctl", f"--root={root}", "enable", "vfmigrate-lab-init.service",
-         "libvirtd.service", "libvirtd-tcp.socket", "ssh.service"])
+         "libvirtd.service", "ssh.service", "apparmor.service"])
     run(["systemctl", f"--root={root}", "mask", *L1_MASKED_UNITS])
     run(["systemctl", f"--root={root}", "set-default", "multi-user.target"])
     # the L2 guest's modules come from the same kernel (see l2_assets)

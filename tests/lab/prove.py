@@ -171,7 +171,7 @@ def prove(L: lab.Lab, args) -> int:
     b.run(["mkdir", "-p", lab.L2_SERIAL_DIR])
     t0 = time.monotonic()
     mig = a.virsh("migrate", "--live", "--verbose", "--xml", "/root/fo-dest.xml", "fo",
-                  "qemu+tcp://lab-b/system", timeout=1200, check=False)
+                  "qemu+ssh://lab-b/system", timeout=1200, check=False)
     t_mig = time.monotonic() - t0
     jobinfo = b.virsh("domjobinfo", "--completed", "fo", check=False).stdout
     on_b = b.virsh("domstate", "fo", check=False).stdout.strip()

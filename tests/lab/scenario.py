@@ -1,5 +1,6 @@
 """The SR-IOV lab's scenarios' shared pieces: hosts set up with vfmigrate, L2
-guests booted, what a host's ledger, journal and PF say (tests and demo)."""
+guests booted, what a host's ledger, journal and PF say, and that both hosts are
+still stock confined libvirt hosts (tests and demo)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ HFO_MAC = "52:54:00:2a:00:30"     # plain <hostdev> + <teaming>
 PLAIN_MAC = "52:54:00:2a:00:20"   # <interface type='hostdev'>, no teaming
 GUEST_IP = "198.51.100.10/24"
 LAB_A, LAB_B = "198.51.100.1", "198.51.100.2"
-URI_B, URI_A = "qemu+tcp://lab-b/system", "qemu+tcp://lab-a/system"
+# As admins do: libvirt over ssh (root's key, the other host's key pinned; lab.py), no TCP
+# listener.  QEMU's migration stream goes to the destination's native migration port.
+URI_B, URI_A = "qemu+ssh://lab-b/system", "qemu+ssh://lab-a/system"
 
 
 def config(pf: str, deny: str = "") -> str:
@@ -50,6 +53,99 @@ def mark_journal(host) -> None:
     """From now on :func:`journal` on this host returns only newer entries."""
     output = host.run(["journalctl", "-n", "1", "-o", "json", "--no-pager"]).stdout
     host.journal_since = int(json.loads(output.strip().splitlines()[-1])["__REALTIME_TIMESTAMP"])
+
+
+def _journal_since(host, *argv: str) -> list[dict]:
+    """Journal entries matching ``argv`` (journalctl options/matches) newer than the
+    host's :func:`mark_journal` (filtered by time here, see :func:`journal`)."""
+    output = host.run(["journalctl", "-o", "json", "--no-pager", *argv], check=False).stdout
+    since = getattr(host, "journal_since", 0)
+    entries = (json.loads(line) for line in output.splitlines() if line.strip())
+    return [entry for entry in entries if int(entry["__REALTIME_TIMESTAMP"]) > since]
+
+
+def _message(entry: dict) -> str:
+    message = entry.get("MESSAGE", "")
+    return bytes(message).decode(errors="replace") if isinstance(message, list) else message
+
+
+def apparmor_denials(host) -> list[str]:
+    """``apparmor="DENIED"`` lines of the host's kernel log since :func:`mark_journal`."""
+    return [_message(entry) for entry in _journal_since(host, "-k")
+            if 'apparmor="DENIED"' in _message(entry)]
+
+
+LIBVIRTD_PROFILE = "libvirtd"    # /etc/apparmor.d/usr.sbin.libvirtd: profile libvirtd …
+LIBVIRTD_PROFILE_FILE = "/etc/apparmor.d/usr.sbin.libvirtd"
+LIBVIRTD_PROFILE_LOCAL = "/etc/apparmor.d/local/usr.sbin.libvirtd"
+HOOK = "/etc/libvirt/hooks/qemu.d/vfmigrate"             # the package's enabled copy
+HOOK_STAGING = "/etc/libvirt/hooks/qemu.d/.vfmigrate-staging/vfmigrate"
+PACKAGED_HOOK = "/usr/libexec/vfmigrate/qemu-hook"
+GUEST_USER = "libvirt-qemu"
+
+
+def profile_modes(host) -> dict[str, str]:
+    """Loaded AppArmor profiles -> mode (``enforce``/``complain``)."""
+    text = host.run(["cat", "/sys/kernel/security/apparmor/profiles"]).stdout
+    return {line.rsplit(" (", 1)[0]: line.rsplit(" (", 1)[1].rstrip(")")
+            for line in text.splitlines() if " (" in line}
+
+
+def process_confinement(host, pid: int | str) -> tuple[str, str]:
+    """(user, AppArmor label) of a process in the host, e.g.
+    ``("libvirt-qemu", "libvirt-<uuid> (enforce)")``."""
+    output = host.run(["ps", "-o", "user:32=,label=", "-p", str(pid)]).stdout.split(None, 1)
+    return output[0], output[1].strip()
+
+
+def assert_stock_libvirt(*hosts, allowed_denial=lambda line: False) -> None:
+    """Each host is a stock confined libvirt host, and was since :func:`mark_journal`:
+    libvirtd's AppArmor profile loaded in enforce mode and the running daemon under it;
+    every running guest's QEMU runs as ``libvirt-qemu`` under its own enforcing
+    ``libvirt-<uuid>`` profile; not one ``apparmor="DENIED"`` in the kernel log (but
+    those ``allowed_denial(line)`` accepts)."""
+    for host in hosts:
+        modes = profile_modes(host)
+        assert modes.get(LIBVIRTD_PROFILE) == "enforce", (host.name, modes)
+        pid = host.run(["systemctl", "show", "-P", "MainPID", "libvirtd"]).stdout.strip()
+        assert process_confinement(host, pid)[1] == f"{LIBVIRTD_PROFILE} (enforce)", \
+            (host.name, process_confinement(host, pid))
+        for guest in host.virsh("list", "--name").stdout.split():
+            uuid = host.virsh("domuuid", guest).stdout.strip()
+            qemu_pid = host.run(["cat", f"/run/libvirt/qemu/{guest}.pid"]).stdout.strip()
+            assert process_confinement(host, qemu_pid) == (
+                GUEST_USER, f"libvirt-{uuid} (enforce)"), (host.name, guest)
+            assert modes.get(f"libvirt-{uuid}") == "enforce", (host.name, guest, modes)
+        denials = [line for line in apparmor_denials(host) if not allowed_denial(line)]
+        assert not denials, (host.name, denials)
+
+
+def restart_libvirtd(host, guest: str, ready=None) -> None:
+    """``systemctl restart libvirtd`` with ``guest`` running (what the package tells
+    admins to do): the guest keeps running (and reporting ``ready``, for an L2 guest with
+    an OS), libvirt ran the hook's ``reconnect`` without error (a failing reconnect hook
+    makes libvirt kill the guest; it logs the failure), vfmigrate logged no error, the
+    listener reconnected."""
+    mark = host.journal_since
+    host.journal_since = int(json.loads(host.run(
+        ["journalctl", "-n", "1", "-o", "json", "--no-pager"]).stdout.strip().splitlines()[-1])
+        ["__REALTIME_TIMESTAMP"])
+    try:
+        host.run(["systemctl", "restart", "libvirtd"], timeout=300)
+        assert host.virsh("domstate", guest, timeout=180).stdout.strip() == "running"
+        if ready is not None:
+            next_report(host, guest, ready, 600)
+        # (libvirtd logs its usual complaints at error priority on every start: no
+        # dnsmasq, no /dev/kvm; a hook's failure names the hook)
+        errors = [_message(e) for e in _journal_since(host, "-u", "libvirtd")
+                  if "hook" in _message(e).lower()]
+        assert not errors, (host.name, errors)
+        errors = [_message(e) for e in _journal_since(host, "SYSLOG_IDENTIFIER=vfmigrate")
+                  if int(e.get("PRIORITY", 6)) <= 3]
+        assert not errors, (host.name, errors)
+        lab.wait(lambda: journal(host, "listener"), 120, f"{host.name}'s listener to reconnect")
+    finally:
+        host.journal_since = mark
 
 
 def vf_settings(host, index: int) -> str:
@@ -106,7 +202,9 @@ def boot_guest(host, name: str, mac: str, vf: str, mode: str, ready) -> float:
     started = time.monotonic()
     host.start_l2(name, lab.l2_domain_xml(name, mac=mac, vf_pci=vf, mode=mode, ip=GUEST_IP))
     host.wait_l2(name, ready, timeout=1800)
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    assert_stock_libvirt(host)
+    return seconds
 
 
 def guest_uptime(host, guest: str) -> float:
@@ -146,6 +244,10 @@ def vfmigrate_lab(deb: Path, work: Path) -> Iterator[tuple[lab.L1Host, lab.L1Hos
             status = host.status()
             if status["payload"].get("installed") != ["vfmigrate"]:
                 raise lab.LabError(f"{host.name}: vfmigrate not installed: {status['payload']}")
+            # the package's postinst proved the hook under libvirtd's profile and enabled it
+            if "vfmigrate: hook enabled: " + HOOK not in status["payload"]["output"]:
+                raise lab.LabError(f"{host.name}: vfmigrate's hook not enabled at install: "
+                                   f"{status['payload']['output']}")
             host.vfs = [vf["pci"] for vf in status["vfs"]]
             host.pf = status["pf"]["netdev"]
             host.put(config(host.pf, host.vfs[0] if deny_first else ""),

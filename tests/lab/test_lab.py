@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 
 import pytest
 
 from . import lab
-from .scenario import (FO_MAC, HFO_MAC, LAB_A, LAB_B, PLAIN_MAC, URI_A, URI_B, boot_guest,
-                       claims, failover_up, hostdev_source, journal, mark_journal,
-                       next_report, vf_alias, vf_holder_xml, vf_settings, vf_up,
+from .scenario import (FO_MAC, HFO_MAC, HOOK, HOOK_STAGING, LAB_A, LAB_B,
+                       LIBVIRTD_PROFILE_FILE, LIBVIRTD_PROFILE_LOCAL, PACKAGED_HOOK,
+                       PLAIN_MAC, URI_A, URI_B, apparmor_denials,
+                       assert_stock_libvirt, boot_guest, claims, failover_up,
+                       hostdev_source, journal, mark_journal, next_report,
+                       restart_libvirtd, vf_alias, vf_holder_xml, vf_settings, vf_up,
                        vfmigrate_lab)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
@@ -52,6 +56,9 @@ def test_teamed_vf_migrates_with_plain_virsh_migrate(hosts):
 def teamed_vf_migrates_with_plain_virsh_migrate(a, b):
     FIGURES["L2 fo (failover) booted to ping (s)"] = boot_guest(
         a, "fo", FO_MAC, a.vfs[0], "failover", lambda r: failover_up(r, LAB_B, FO_MAC))
+    assert claims(a) == [("fo", a.vfs[0], "active")]
+    # What the package tells admins to do, with a VF guest running: it keeps running.
+    restart_libvirtd(a, "fo", lambda r: failover_up(r, LAB_B, FO_MAC))
     assert claims(a) == [("fo", a.vfs[0], "active")]
     a.run(["ip", "link", "set", a.pf, "vf", "0", "trust", "on"])   # the reset must undo it
 
@@ -86,8 +93,8 @@ def teamed_vf_migrates_with_plain_virsh_migrate(a, b):
     # transferred, which QEMU starts only after the guest let go of the VF; the bandwidth
     # cap keeps the transfer going for a while): the guest gets its VF back on lab-b and
     # nothing is left on lab-a.
-    a.run(["setsid", "-f", "sh", "-c", "exec virsh -c qemu+tcp://lab-b/system migrate --live "
-           "--bandwidth 4 fo qemu+tcp://lab-a/system > /tmp/back.log 2>&1"])
+    a.run(["setsid", "-f", "sh", "-c", f"exec virsh -c {URI_B} migrate --live "
+           f"--bandwidth 4 fo {URI_A} > /tmp/back.log 2>&1"])
     lab.wait(lambda: memory_processed(b, "fo") > 0, 600, "lab-b to start sending memory")
     a.run(["sh", "-c", "kill -9 $(cat /run/libvirt/qemu/fo.pid)"])
     lab.wait(lambda: "error" in a.run(["cat", "/tmp/back.log"]).stdout, 600,
@@ -133,6 +140,7 @@ def run_retrying_a_guest_crash(hosts, scenario) -> None:
             mark_journal(host)
         try:
             scenario(a, b)
+            assert_stock_libvirt(a, b)
             return
         except lab.L2GuestCrashed as crashed:
             FIGURES["L2 guest crashes, retried (count)"] = \
@@ -149,6 +157,10 @@ def destroy_guests(*hosts) -> None:
     for host in hosts:
         for name in host.virsh("list", "--name").stdout.split():
             host.virsh("destroy", name)
+        # and the definitions a guest that migrated away left behind: defining the same
+        # name again (a retry) would fail with "domain 'fo' already exists with uuid …"
+        for name in host.virsh("list", "--all", "--name").stdout.split():
+            host.virsh("undefine", name)
         release_arriving_guests(host)
     for host in hosts:
         lab.wait(lambda: claims(host) == [], 120, f"{host.name} to release every VF")
@@ -261,3 +273,111 @@ def vf_without_teaming_moves_with_vfmigrate_migrate(a, b):
     b.virsh("migrate", "--live", "plain", URI_A, timeout=1200)
     FIGURES["plain virsh migrate of the same guest without a VF (s)"] = \
         time.monotonic() - started
+
+
+def test_without_its_apparmor_provision_the_hook_stays_off_and_guests_run(hosts):
+    """lab-a's libvirtd profile loses the rule that lets it execute hooks in qemu.d (a
+    profile without ``/etc/libvirt/hooks/** rmix``): vfmigrate's enablement refuses and
+    leaves the hook disabled, a guest without a VF starts and outlives a libvirtd
+    restart, and ``vfmigrate doctor`` names the cause and the fix, which works as
+    printed.  Also the old package's symlink (the reported bug): doctor names it, enable
+    replaces it.  Everything is put back (the provision, the hook, a libvirtd restart)."""
+    a, b = hosts
+    destroy_guests(a, b)
+    for host in hosts:
+        mark_journal(host)
+    assert hook_is_enabled(a)
+
+    # The old package's hook: a symlink into /usr, which libvirtd's profile may not exec.
+    a.run(["ln", "-sfn", PACKAGED_HOOK, HOOK])
+    doctor = vfmigrate(a, "doctor", code=1)
+    assert (f"FAIL hook: libvirtd's AppArmor profile (enforce) does not let it execute "
+            f"{HOOK}, a symlink that AppArmor judges by its target {PACKAGED_HOOK}: run "
+            f"'vfmigrate hook enable'") in doctor, doctor
+    assert "replaced a symlink" in vfmigrate(a, "hook", "enable", code=0)
+    assert hook_is_enabled(a)
+
+    saved = {LIBVIRTD_PROFILE_FILE: "/root/profile.orig",
+             LIBVIRTD_PROFILE_LOCAL: "/root/profile-local.orig"}
+    for path, copy in saved.items():
+        a.run(["cp", "-p", path, copy])
+    try:
+        rule = "/etc/libvirt/hooks/** rmix,"
+        profile = a.get(LIBVIRTD_PROFILE_FILE).decode()
+        assert profile.count(rule) == 1, "the stock profile has changed"
+        a.put(profile.replace(rule, "# removed by the lab: " + rule), LIBVIRTD_PROFILE_FILE)
+        a.run(["apparmor_parser", "-r", LIBVIRTD_PROFILE_FILE])
+
+        # The hook still enabled from before: doctor re-proves it and names cause and fix.
+        doctor = vfmigrate(a, "doctor", code=1)
+        cause = (f"FAIL hook: libvirtd's AppArmor profile (enforce) does not let it execute "
+                 f"{HOOK}: allow it with ")
+        assert cause in doctor and f"in {LIBVIRTD_PROFILE_LOCAL}, reload with 'apparmor_parser " \
+            f"-r {LIBVIRTD_PROFILE_FILE}', then run 'vfmigrate hook enable'" in doctor, doctor
+
+        # The package's enablement (what its postinst runs) refuses: no hook left.
+        enable = vfmigrate(a, "hook", "enable", code=1)
+        assert "the hook's self-test FAILED under libvirtd's AppArmor profile libvirtd " \
+            "(enforce)" in enable and "hook disabled" in enable, enable
+        assert not hook_is_enabled(a) and a.run(["test", "-e", HOOK], check=False).returncode
+        fix = re.search(rf"allow it with '([^']+)' in {re.escape(LIBVIRTD_PROFILE_LOCAL)}, "
+                        rf"reload with 'apparmor_parser -r {re.escape(LIBVIRTD_PROFILE_FILE)}'",
+                        enable)
+        assert fix, enable
+
+        # Guests without a VF are unaffected: one starts and outlives a libvirtd restart.
+        started = time.monotonic()
+        a.put(vf_holder_xml("novf", []), "/root/novf.xml")
+        a.virsh("create", "/root/novf.xml", timeout=300)
+        FIGURES["no-VF guest start with the hook disabled (s)"] = time.monotonic() - started
+        restart_libvirtd(a, "novf")
+        doctor = vfmigrate(a, "doctor", code=1)
+        hook_line = next(line for line in doctor.splitlines() if line.startswith("FAIL hook:"))
+        assert HOOK in hook_line and "'vfmigrate hook enable'" in hook_line, doctor
+        assert "confined by AppArmor profile libvirtd (enforce)" in doctor, doctor
+
+        # The fix, as printed.
+        a.run(["sh", "-c", 'printf "%s\n" "$1" >> "$2"', "fix", fix.group(1),
+               LIBVIRTD_PROFILE_LOCAL])
+        a.run(["apparmor_parser", "-r", LIBVIRTD_PROFILE_FILE])
+        assert "hook enabled" in vfmigrate(a, "hook", "enable", code=0)
+        assert hook_is_enabled(a)
+    finally:
+        for path, copy in saved.items():   # new mtimes: no cached policy is reused
+            a.run(["cp", copy, path])
+        a.run(["apparmor_parser", "-r", LIBVIRTD_PROFILE_FILE])
+        a.run(["vfmigrate", "hook", "enable"], check=False)
+        # libvirtd restarted while no qemu hook existed: it ignores the hook until restarted
+        a.run(["systemctl", "restart", "libvirtd"], timeout=300)
+    assert hook_is_enabled(a)
+    doctor = vfmigrate(a, "doctor", code=None)
+    assert f"OK   hook: {HOOK} is installed (a copy) and its self-test passes" in doctor, doctor
+    assert a.virsh("domstate", "novf").stdout.strip() == "running"
+    # The only denials: the proofs' (a shell in libvirtd's profile exec'ing the hook), and
+    # there were some: the profile really was enforced.
+    proofs = [line for line in apparmor_denials(a) if proof_denial(line)]
+    assert proofs, "no denial of the hook's proof was logged"
+    assert_stock_libvirt(a, b, allowed_denial=proof_denial)
+    a.virsh("destroy", "novf")
+
+
+def vfmigrate(host, *args: str, code: int | None) -> str:
+    """``vfmigrate ARGS`` in the host: its stdout and stderr; its exit status must be
+    ``code`` (unless None)."""
+    result = host.run(["vfmigrate", *args], check=False, timeout=300)
+    output = result.stdout + result.stderr
+    assert code is None or result.returncode == code, (args, result.returncode, output)
+    return output
+
+
+def hook_is_enabled(host) -> bool:
+    """The hook is enabled: a regular executable file (not a symlink) in qemu.d."""
+    return host.run(["sh", "-c", 'test -f "$1" && test -x "$1" && test ! -L "$1"', "hook",
+                     HOOK], check=False).returncode == 0
+
+
+def proof_denial(line: str) -> bool:
+    """A denial of the package's proof: a shell in libvirtd's profile exec'ing the hook."""
+    return ('operation="exec"' in line and 'profile="libvirtd"' in line
+            and 'comm="sh"' in line
+            and any(f'name="{path}"' in line for path in (HOOK, HOOK_STAGING, PACKAGED_HOOK)))
