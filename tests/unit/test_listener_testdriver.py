@@ -24,6 +24,18 @@ from vfmigrate.vfnetlink import VFNetlink
 libvirt = pytest.importorskip("libvirt")
 
 
+def remove_guests(connection, names) -> None:
+    """Destroy and undefine the named guests of a test-driver connection, if there."""
+    for name in names:
+        try:
+            domain = connection.lookupByName(name)
+            if domain.isActive():
+                domain.destroy()
+            domain.undefine()
+        except libvirt.libvirtError:
+            pass
+
+
 def pipe_udev_watch(pipe_reader: int):
     """A udev source over a real pipe: lines of 'action subsystem sys_name'."""
     def watch(on_event):
@@ -83,14 +95,7 @@ def listener_run(host):
     finally:
         listener.request_stop()
         thread.join(10)
-        for name in ("vfguest",):
-            try:
-                domain = connection.lookupByName(name)
-                if domain.isActive():
-                    domain.destroy()
-                domain.undefine()
-            except libvirt.libvirtError:
-                pass
+        remove_guests(connection, ("vfguest",))
         connection.close()
     assert not thread.is_alive()
     assert "STOPPING=1" in notified

@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from tests.unit.test_listener_testdriver import (guest_xml, pipe_udev_watch, source_address,
-                                                 wait_for)
+from tests.unit.test_listener_testdriver import (guest_xml, pipe_udev_watch, remove_guests,
+                                                 source_address, wait_for)
 from tests.unit.test_reconcile import FakeIPRoute
 from vfmigrate import METADATA_NAMESPACE, logs
 from vfmigrate.ledger import ACTIVE
@@ -75,14 +75,7 @@ def connection(host):
         for run in runs:
             run.stop()
             assert not run.thread.is_alive()
-        for name in GUESTS:
-            try:
-                domain = connection.lookupByName(name)
-                if domain.isActive():
-                    domain.destroy()
-                domain.undefine()
-            except libvirt.libvirtError:
-                pass
+        remove_guests(connection, GUESTS)
         connection.close()
 
 
