@@ -112,6 +112,19 @@ REJECTED = {
 }
 
 
+def start_unreadable_guest_then_listener(host, connection, element: str):
+    """A running guest 'unreadable' whose metadata ``element`` vfmigrate rejects, holding
+    physnet1's third VF with an active claim; then the listener, once READY=1."""
+    vf = host.physnet1_vfs[2]
+    domain = connection.defineXML(with_metadata(guest_xml("unreadable", interface(vf)),
+                                                element))
+    domain.create()
+    claim(host, vf, "unreadable", domain.UUIDString())
+    run = connection.start_listener()
+    wait_for(lambda: "READY=1" in run.notified, what="READY=1")
+    return domain, vf, run
+
+
 @pytest.mark.parametrize("kind", REJECTED)
 def test_a_guest_whose_xml_vfmigrate_rejects_does_not_keep_the_listener_from_ready(
         host, connection, kind):
@@ -125,13 +138,7 @@ def test_a_guest_whose_xml_vfmigrate_rejects_does_not_keep_the_listener_from_rea
     guest in all, and the listener keeps handling events.
     """
     element, problem = REJECTED[kind]
-    vf = host.physnet1_vfs[2]
-    domain = connection.defineXML(with_metadata(guest_xml("unreadable", interface(vf)),
-                                                element))
-    domain.create()
-    claim(host, vf, "unreadable", domain.UUIDString())
-    run = connection.start_listener()
-    wait_for(lambda: "READY=1" in run.notified, what="READY=1")
+    domain, _, run = start_unreadable_guest_then_listener(host, connection, element)
     warnings = run.messages("guest unreadable ", priority="4")
     assert len(warnings) == 1, run.messages("unreadable")
     assert problem in warnings[0]
@@ -164,13 +171,7 @@ def test_the_claims_of_a_guest_with_unreadable_xml_stay(host, connection, kind):
     """Running, unknown: its claims stay.  Needs the reconcile side (helper "ledger"):
     old reconcile dropped the guest from the running list and released its claim."""
     element, _ = REJECTED[kind]
-    vf = host.physnet1_vfs[2]
-    domain = connection.defineXML(with_metadata(guest_xml("unreadable", interface(vf)),
-                                                element))
-    domain.create()
-    claim(host, vf, "unreadable", domain.UUIDString())
-    run = connection.start_listener()
-    wait_for(lambda: "READY=1" in run.notified, what="READY=1")
+    _, vf, run = start_unreadable_guest_then_listener(host, connection, element)
     assert [(c.domain_name, c.vf, c.state) for c in host.live_claims()] == [
         ("unreadable", vf, ACTIVE)]
     assert run.netlink_calls == []
