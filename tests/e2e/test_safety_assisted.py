@@ -50,6 +50,16 @@ def device_back(source, name) -> bool:
     return f"<mac address='{STAND_IN_MAC}'/>" in devices
 
 
+def migrate_until_under_way(a, b, name: str):
+    """``vfmigrate migrate`` of ``name`` at 1 MiB/s, once its NIC is unplugged on ``a``
+    and its incoming migration runs on ``b``; the command's process."""
+    process = start_migrate(a, b, name, "--bandwidth", "1")
+    wait_until(lambda: any(c.domain_name == name for c in b.claims()) and b.host.qemu_pids(),
+               90, "the incoming migration to be under way")
+    assert device_gone(a, name)
+    return process
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
                          ids=lambda signum: signal.Signals(signum).name)
 def test_a_signal_during_the_migration_rolls_back(stand_in_hosts, linux_guest_image, signum):
@@ -61,10 +71,7 @@ def test_a_signal_during_the_migration_rolls_back(stand_in_hosts, linux_guest_im
     ``replug="on-arrival"``."""
     a, b = stand_in_hosts
     name, serial = stand_in_guest(stand_in_hosts.testbed, a, linux_guest_image)
-    process = start_migrate(a, b, name, "--bandwidth", "1")
-    wait_until(lambda: any(c.domain_name == name for c in b.claims()) and b.host.qemu_pids(),
-               90, "the incoming migration to be under way")
-    assert device_gone(a, name)
+    process = migrate_until_under_way(a, b, name)
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stdout + stderr
@@ -89,10 +96,7 @@ def test_a_killed_command_is_rolled_back_by_the_source_listener(stand_in_hosts,
     ever plugged it back (the guest stayed without its NIC, ``replug="on-arrival"``)."""
     a, b = stand_in_hosts
     name, serial = stand_in_guest(stand_in_hosts.testbed, a, linux_guest_image)
-    process = start_migrate(a, b, name, "--bandwidth", "1")
-    wait_until(lambda: any(c.domain_name == name for c in b.claims()) and b.host.qemu_pids(),
-               90, "the incoming migration to be under way")
-    assert device_gone(a, name)
+    process = migrate_until_under_way(a, b, name)
     process.kill()
     process.communicate(timeout=30)
     time.sleep(3)
