@@ -52,19 +52,12 @@ VFIO_DRIVER = "vfio-pci"
 # How long a reset claim in state "resetting" may be before it counts as left behind
 # by a process that died mid-reset, beyond the reset timeout and the lock timeout.
 RESET_GRACE = 5.0
-DEFAULT_RESET_TIMEOUT = 10.0
-
-
-def reset_timeout_of(config: Config) -> float:
-    """``reset_timeout`` of the config (seconds), if the config has that key."""
-    value = getattr(config, "reset_timeout", None)
-    return float(value) if value is not None else DEFAULT_RESET_TIMEOUT
 
 
 def reset_in_progress(claim: Claim, now: float, config: Config, lock_timeout: float) -> bool:
     """A reset claim whose reset may still be running (not failed, not abandoned)."""
     return (claim.reset_state == RESETTING
-            and now - claim.updated <= reset_timeout_of(config) + lock_timeout + RESET_GRACE)
+            and now - claim.updated <= config.reset_timeout + lock_timeout + RESET_GRACE)
 
 
 class Change(namedtuple("Change", "event claim detail")):
@@ -143,7 +136,7 @@ class Claims:
         domxml that does not read it yet): unknown keeps the old choice."""
         if not self.inventory.present(vf):
             return False
-        if getattr(device, "managed", None) is False:
+        if device.managed is False:
             return self.inventory.details(vf.address).driver == VFIO_DRIVER
         return True
 
@@ -180,7 +173,7 @@ class Claims:
             for device in domain.travelling_devices:
                 network = self.network_for(device, domain)
                 choice = self._keep_address(device, network, taken)
-                if choice is None and getattr(device, "managed", None) is False:
+                if choice is None and device.managed is False:
                     # Its own pass: VFs it skips stay for the devices after it.
                     choice = next((vf for vf in self.inventory.iter_vfs(network)
                                    if vf.address not in taken and self._usable(vf, device)),

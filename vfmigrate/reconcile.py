@@ -60,7 +60,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterable
 
 from . import domxml
-from .claims import reset_in_progress, reset_timeout_of
+from .claims import reset_in_progress
 from .config import Config
 from .errors import BadDomainXML, VfmigrateError
 from .events import Event
@@ -178,7 +178,7 @@ class Reconciler:
                  vf_netlink, clock: Callable[[], float] | None = None,
                  reset_timeout: float | None = None) -> None:
         """``vf_netlink`` resets VFs (``reset(vf)``); ``reset_timeout`` (seconds, default
-        the config's ``reset_timeout`` or 10) bounds the wait for one reset."""
+        the config's ``reset_timeout``) bounds the wait for one reset."""
         self.config = config
         self.ledger = ledger
         self.inventory_factory = inventory_factory or (
@@ -186,7 +186,7 @@ class Reconciler:
         self.vf_netlink = vf_netlink
         self.clock = clock or ledger.clock
         self.reset_timeout = (reset_timeout if reset_timeout is not None
-                              else reset_timeout_of(config))
+                              else config.reset_timeout)
         self._hung: dict[PciAddress, tuple[threading.Thread, PciAddress, float]] = {}
 
     # -- planning -------------------------------------------------------------

@@ -23,7 +23,6 @@ import time
 
 import pytest
 
-from vfmigrate.domxml import VFDevice
 from vfmigrate.events import Event
 from vfmigrate.ledger import ACTIVE
 from vfmigrate.reconcile import Reconciler, mentioned_addresses
@@ -428,12 +427,6 @@ def test_apply_leaves_a_claim_a_hook_changed_after_the_plan(host, pf):
 
 # -- defect 11: managed='no' needs a VF already bound to vfio-pci ------------
 
-needs_managed = pytest.mark.skipif(
-    "managed" not in VFDevice.__slots__,
-    reason="domxml.VFDevice has no 'managed' yet (parsing helper): selection reads "
-           "getattr(device, 'managed', None)")
-
-
 def bind(host, address, driver: str) -> None:
     """What ``echo ADDR > /sys/bus/pci/drivers/DRIVER/bind`` leaves in sysfs."""
     device = (host.sysfs.root / "bus/pci/devices" / str(address)).resolve()
@@ -446,7 +439,6 @@ def unmanaged(xml: bytes) -> bytes:
     return xml.replace(b"managed='yes'", b"managed='no'")
 
 
-@needs_managed
 def test_an_unmanaged_hostdev_gets_a_vf_bound_to_vfio_pci(host):
     """VFs 0-3 of physnet1 are on vfio-pci; 0 and 1 are taken, 2 and 3 rebound to iavf,
     5 bound to vfio-pci.  Old code gave the managed='no' device VF 2 (now on iavf):
@@ -467,7 +459,6 @@ def test_an_unmanaged_hostdev_gets_a_vf_bound_to_vfio_pci(host):
     assert [str(c.vf) for c in host.live_claims() if c.domain_name == "web2"] == [str(vfs[2])]
 
 
-@needs_managed
 def test_an_unmanaged_hostdev_is_refused_when_no_vfio_pci_vf_is_free(host):
     vfs = host.physnet1_vfs
     assert host.hook("start", teaming_guest("holder", [str(v) for v in vfs[:4]]),
