@@ -58,7 +58,7 @@ from pathlib import Path
 from . import METADATA_NAMESPACE, domxml, metadata, replug
 from .check import CheckReport, run_check
 from .config import Config
-from .errors import LibvirtFailure, Refused, VfmigrateError
+from .errors import LibvirtFailure, Refused, VfmigrateError, counted
 from .events import Event
 from .logs import event
 from .pci import PciAddress
@@ -218,7 +218,7 @@ class AssistedMigration:
             if moving:
                 lease = Lease.mine(self.source.host_uuid(), original_entries)
                 lease.moving = self._entries_for(original_entries, moving)
-                self._step(f"recording {len(moving)} VF(s) in the guest's metadata")
+                self._step(f"recording {counted(len(moving), 'VF')} in the guest's metadata")
                 self._set_lease(uuid, lease)
                 self._set_metadata(uuid, lease.moving, guest.persistent)
                 self._unplug_all(domain, uuid, moving, unplugged, lease)
@@ -242,8 +242,8 @@ class AssistedMigration:
                                    rollback=rollback) from (
                 None if isinstance(error, (VfmigrateError, TimeoutError, Interrupted))
                 else error)
-        event(log, Event.MIGRATED, "guest %s migrated to %s by vfmigrate migrate (%d VF(s) "
-              "moved)", self.domain_name, self.destination_uri, len(moving),
+        event(log, Event.MIGRATED, "guest %s migrated to %s by vfmigrate migrate (%s "
+              "moved)", self.domain_name, self.destination_uri, counted(len(moving), "VF"),
               domain=self.domain_name, direction="out")
         if moving:
             report.replugged_by = self._wait_for_replug(uuid)
@@ -514,8 +514,8 @@ class AssistedMigration:
                     "the listener plugs it back in")
         back = [vf for vf in asked if vf not in late]
         if back:
-            return (f"the guest keeps running on the source with its {len(back)} VF(s) "
-                    f"plugged back in{note}")
+            vfs = "VF" if len(back) == 1 else f"{len(back)} VFs"
+            return f"the guest keeps running on the source with its {vfs} plugged back in{note}"
         return "the guest keeps running on the source, unchanged" + note
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from . import domxml
 from .config import Config
+from .errors import counted
 from .inventory import Inventory
 from .pci import PciAddress
 
@@ -220,8 +221,8 @@ def _check_capacity(report: CheckReport, destination, config: Config | None) -> 
                              [pools[pf][0] or str(pf) for pf in pfs], method)
         report.networks.append(check)
         if not check.enough:
-            report.problems.append(f"network {network}: the destination has {free} free VF(s) "
-                                   f"for {count} ({method})")
+            report.problems.append(f"network {network}: the destination has "
+                                   f"{counted(free, 'free VF')} for {count} ({method})")
     report.notes.append("VFs the destination has reserved for guests still arriving are not "
                         "visible through libvirt")
 

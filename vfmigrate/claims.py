@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from .config import Config
 from .domxml import DomainXML, VFDevice
 from .errors import (NoFreeVF, Refused, UnknownNetwork, UnlabelledDevice, VFTaken,
-                     VfmigrateError)
+                     VfmigrateError, counted)
 from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, RESETTING, Claim, Ledger
 from .events import Event
@@ -34,8 +34,12 @@ from .running import RunningGuest
 
 
 class NoNetworks(Refused):
-    msg_fmt = ("guest '{domain}' holds {count} VF device(s) but {config_path} defines "
+    msg_fmt = ("guest '{domain}' holds {devices} but {config_path} defines "
                "no [network NAME] section; add the networks of this host")
+
+    def __init__(self, *, domain: str, count: int, config_path: object) -> None:
+        super().__init__(domain=domain, count=count, config_path=config_path,
+                         devices=counted(count, "VF device"))
 
 
 class AlreadyRunningHere(Refused):
@@ -124,7 +128,8 @@ class Claims:
         """Release expired claims; return the claims that stay live."""
         expired = [claim for claim in claims if self.is_expired(claim, now)]
         for claim in self.ledger.set_state(expired, RELEASED, "expired: the guest never arrived"):
-            changes.append(Change(Event.EXPIRED, claim, "incoming claim expired"))
+            changes.append(Change(Event.EXPIRED, claim, "released: the guest it was "
+                                                     "reserved for never arrived"))
         return [claim for claim in claims if claim not in expired]
 
     # -- decisions ----------------------------------------------------------
@@ -166,7 +171,8 @@ class Claims:
             stale_own = [claim for claim in live if claim.domain_uuid == domain.uuid]
             for claim in self.ledger.set_state(stale_own, RELEASED,
                                                f"superseded by a new {operation}"):
-                changes.append(Change(Event.RELEASED, claim, f"superseded by a new {operation}"))
+                changes.append(Change(Event.RELEASED, claim, "released: the guest's earlier "
+                                                      "reservation is superseded"))
             live = self._expire([c for c in live if c not in stale_own], now, changes)
             taken = {claim.vf for claim in live} | set(self._in_use_by_running(domain.uuid))
             cursors: dict[str, Iterator[VF]] = {}
@@ -187,10 +193,11 @@ class Claims:
                                    and self.inventory.present(vf)), None)
                 if choice is None:
                     vfs = self.inventory.vfs_of_network(network)
-                    unavailable = sum(1 for vf in vfs if vf.address in taken)
-                    absent = len(vfs) - unavailable
+                    given = {a.vf.address for a in assignments}
+                    own = sum(1 for vf in vfs if vf.address in given)
+                    unavailable = sum(1 for vf in vfs if vf.address in taken) - own
                     raise NoFreeVF(network=network, total=len(vfs), unavailable=unavailable,
-                                   absent=f", {absent} missing from sysfs" if absent else "")
+                                   own=own, absent=len(vfs) - unavailable - own)
                 claim = self.ledger.add(vf=choice.address, network=network,
                                         domain_uuid=domain.uuid, domain_name=domain.name,
                                         state=INCOMING,
@@ -198,7 +205,7 @@ class Claims:
                 taken.add(choice.address)
                 assignments.append(Assignment(device, choice, claim))
                 changes.append(Change(Event.RESERVED, claim,
-                                      f"reserved for {device.describe()}"))
+                                      f"reserved for its {device.describe(' on the source')}"))
         return assignments, changes
 
     def claim_for_start(self, domain: DomainXML) -> list[Change]:
@@ -241,12 +248,13 @@ class Claims:
                                         domain_uuid=domain.uuid, domain_name=domain.name,
                                         state=ACTIVE, reason=f"start: {device.describe()}")
                 holders[vf.address] = claim
-                changes.append(Change(Event.ACTIVATED, claim, f"claimed for {device.describe()}"))
+                changes.append(Change(Event.ACTIVATED, claim,
+                                      f"claimed for its {device.describe()}"))
         return changes
 
     def _end_reset_claim(self, claim: Claim, why: str) -> list[Change]:
         """Give up a reset claim because a guest uses the VF: no reset is owed any more."""
-        detail = f"reset of the VF given up ({claim.reset_state}): {why}"
+        detail = f"no longer to be reset ({claim.reset_state}): {why}"
         released = self.ledger.set_state([claim], RELEASED, detail)
         self.ledger.mark_reset(claim.vf)
         return [Change(Event.RELEASED, c, detail) for c in released]
@@ -256,7 +264,7 @@ class Claims:
         with self.ledger.transaction():
             incoming = [c for c in self.ledger.claims_of(domain_uuid, strict=False)
                         if c.state == INCOMING]
-            return [Change(Event.ACTIVATED, claim, reason)
+            return [Change(Event.ACTIVATED, claim, "is in use")
                     for claim in self.ledger.set_state(incoming, ACTIVE, reason)]
 
     def release(self, domain_uuid: str, reason: str,
@@ -264,7 +272,7 @@ class Claims:
         """Release a guest's live claims (all of them, or those ``only`` selects)."""
         with self.ledger.transaction():
             claims = [c for c in self.ledger.claims_of(domain_uuid, strict=False) if only(c)]
-            return [Change(Event.RELEASED, claim, reason)
+            return [Change(Event.RELEASED, claim, "released")
                     for claim in self.ledger.set_state(claims, RELEASED, reason)]
 
     def reassert(self, domain: DomainXML) -> tuple[list[Change], list[VfmigrateError]]:
@@ -295,11 +303,12 @@ class Claims:
                 if holder is not None:
                     if holder.state == INCOMING and domain.uuid in self.running:
                         for claim in self.ledger.set_state([holder], ACTIVE, "reconnect: running"):
-                            changes.append(Change(Event.ACTIVATED, claim, "guest is running"))
+                            changes.append(Change(Event.ACTIVATED, claim, "is in use"))
                     continue
                 claim = self.ledger.add(vf=vf.address, network=vf.network,
                                         domain_uuid=domain.uuid, domain_name=domain.name,
                                         state=ACTIVE, reason="reconnect: claim was missing")
                 holders[vf.address] = claim
-                changes.append(Change(Event.CORRECTED, claim, "missing claim added"))
+                changes.append(Change(Event.CORRECTED, claim,
+                                      "had no claim: claimed for it now"))
         return changes, conflicts

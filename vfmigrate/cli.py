@@ -39,7 +39,7 @@ from typing import Mapping, TextIO
 from . import __version__
 from . import config as configuration
 from .errors import (EXIT_INTERNAL, ConfigMissing, Refused, UsageError, VfmigrateError,
-                     exit_code_for)
+                     counted, exit_code_for)
 
 DESCRIPTION = """\
 vfmigrate makes live migration of libvirt/KVM guests that hold SR-IOV VFs
@@ -329,7 +329,7 @@ def _tag(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     if entries is None:
         stdout.write(f"guest {args.domain}: already labelled network {args.network}\n")
     else:
-        stdout.write(f"guest {args.domain}: {len(selected)} VF device(s) labelled network "
+        stdout.write(f"guest {args.domain}: {counted(len(selected), 'VF device')} labelled network "
                      f"{args.network} ({where})\n")
     return 0
 
@@ -393,7 +393,7 @@ def _migrate(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     finally:
         source.close()
     if report.moved:
-        progress(f"done: {len(report.moved)} VF(s) moved, plugged in by {report.replugged_by}; "
+        progress(f"done: {counted(len(report.moved), 'VF')} moved, plugged in by {report.replugged_by}; "
                  f"the guest was without them for {report.seconds_without_vf:.1f} s "
                  f"(migration {report.seconds_migrating:.1f} s, all {report.seconds_total:.1f} s)")
     else:

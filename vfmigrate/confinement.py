@@ -376,7 +376,7 @@ class EnableResult:
         if not self.enabled:
             lines.extend(f"cause: {cause}" for cause in self.causes)
             lines.append(f"hook disabled: nothing in {self.target.parent} runs vfmigrate; "
-                         "fix the cause(s) above and run 'vfmigrate hook enable'")
+                         "fix what is named above and run 'vfmigrate hook enable'")
             return lines
         lines.append(f"hook enabled: {self.target}"
                      + (f" (replaced {self.replaced})" if self.replaced else ""))

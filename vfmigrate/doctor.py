@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from . import config as configuration
 from .confinement import ConfinementProbe, HookInstaller, Runner, run_command
-from .errors import VfmigrateError
+from .errors import VfmigrateError, counted
 from .inventory import Inventory
 from .ledger import Ledger
 
@@ -58,7 +58,7 @@ def run_checks(inputs: DoctorInputs) -> list[Finding]:
     try:
         config = configuration.load(inputs.config_path)
         findings.append(Finding(OK, "config", f"{inputs.config_path} is valid "
-                                f"({len(config.networks)} network(s))"))
+                                f"({counted(len(config.networks), 'network')})"))
     except VfmigrateError as error:
         findings.append(Finding(FAIL, "config", str(error)))
     if config is not None:
@@ -146,7 +146,7 @@ def _check_networks(config: configuration.Config) -> Iterator[Finding]:
                           "echo 8 > /sys/class/net/PF/device/sriov_numvfs")
         else:
             yield Finding(OK, f"network {name}", f"{len(vfs)} VFs on "
-                          f"{len(inventory.pfs_of_network(name))} PF(s)")
+                          f"{counted(len(inventory.pfs_of_network(name)), 'PF')}")
 
 
 def _check_iommu(sysfs_root: Path) -> Iterator[Finding]:
@@ -185,4 +185,4 @@ def _check_ledger(config: configuration.Config) -> Iterator[Finding]:
     except VfmigrateError as error:
         yield Finding(FAIL, "ledger", str(error))
         return
-    yield Finding(OK, "ledger", f"{config.ledger_path}: {len(live)} live claim(s)")
+    yield Finding(OK, "ledger", f"{config.ledger_path}: {counted(len(live), 'live claim')}")

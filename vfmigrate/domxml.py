@@ -143,9 +143,10 @@ class VFDevice:
             return True
         return (self.teaming or self.labelled) and self.address_tag is not None
 
-    def describe(self) -> str:
+    def describe(self, where_from: str = "") -> str:
+        """``interface ua-vf0 (VF 0000:3b:02.1)``; ``where_from`` follows the address."""
         name = self.alias or (f"mac {self.mac}" if self.mac else None)
-        where = f"VF {self.address}" if self.address else "no VF"
+        where = f"VF {self.address}{where_from}" if self.address else "no VF"
         if self.kind == "metadata":
             return f"metadata-only VF ({name or where})"
         return f"{self.kind} {name} ({where})" if name else f"{self.kind} at {where}"

@@ -27,6 +27,11 @@ EXIT_OK = 0
 EXIT_INTERNAL = 70
 
 
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """``1 VF``, ``2 VFs``: a count as an admin writes it."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
 class VfmigrateError(Exception):
     """Base class.  Subclasses set ``msg_fmt``; keyword fields fill it in."""
 
@@ -50,8 +55,24 @@ class Refused(VfmigrateError):
 
 
 class NoFreeVF(Refused):
-    msg_fmt = ("no free VF in network '{network}' on this host "
-               "({total} VFs, {unavailable} claimed or in use{absent})")
+    """Fields: ``network``; ``total`` VFs in it, ``unavailable`` of them claimed by or in
+    use by other guests, ``own`` already given to this guest's other devices in the same
+    call, ``absent`` missing from sysfs."""
+
+    msg_fmt = "no free VF in network '{network}' on this host ({counts})"
+
+    def __init__(self, *, network: str, total: int, unavailable: int, own: int = 0,
+                 absent: int = 0) -> None:
+        counts = [counted(total, "VF")]
+        if unavailable:
+            counts.append(f"{unavailable} claimed or in use")
+        if own:
+            counts.append(f"{own} already given to this guest's other "
+                          + ("device" if own == 1 else "devices"))
+        if absent:
+            counts.append(f"{absent} missing from sysfs")
+        super().__init__(network=network, total=total, unavailable=unavailable, own=own,
+                         absent=absent, counts=", ".join(counts))
 
 
 class UnknownNetwork(Refused):
@@ -72,9 +93,13 @@ class VFTaken(Refused):
 
 
 class NotConfigured(Refused):
-    msg_fmt = ("guest '{domain}' holds {count} VF device(s) but vfmigrate is not "
+    msg_fmt = ("guest '{domain}' holds {devices} but vfmigrate is not "
                "configured on this host ({config_path} not found); "
                "configure its networks or remove the hook")
+
+    def __init__(self, *, domain: str, count: int, config_path: object) -> None:
+        super().__init__(domain=domain, count=count, config_path=config_path,
+                         devices=counted(count, "VF device"))
 
 
 # -- usage (exit 2) ---------------------------------------------------------

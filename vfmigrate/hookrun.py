@@ -19,6 +19,21 @@ from .inventory import Inventory
 from .ledger import Ledger
 from .running import running_guests
 
+# What the guest is doing when libvirt runs the hook, as the journal says it.
+_DOING = {"migrate": "is arriving by migration", "restore": "is being restored",
+          "prepare": "is starting", "start": "is starting", "started": "is running",
+          "reconnect": "is running (libvirt reconnected to it)"}
+
+# The shut-off reason libvirt >= 10.5 passes to stopped/release ("-" before).
+_HOW_STOPPED = {"shutdown": "shut down", "destroyed": "was destroyed", "crashed": "crashed",
+                "migrated": "migrated to another host", "saved": "was saved to a file",
+                "failed": "failed to start", "from snapshot": "was reverted to a snapshot",
+                "daemon": "was stopped by libvirt"}
+
+
+def how_stopped(extra: str) -> str:
+    return _HOW_STOPPED.get(extra, "stopped")
+
 
 class HookCall:
     """One hook invocation; see :func:`vfmigrate.hook.main` for the parameters."""
@@ -110,10 +125,11 @@ class HookCall:
         if self.operation in ("prepare", "start"):
             self._log(domain, claims.claim_for_start(domain))
         elif self.operation == "started":
-            self._log(domain, claims.activate(domain.uuid, "started: guest is running"))
+            self._log(domain, claims.activate(domain.uuid, "started: the guest is running"))
         elif self.operation in ("stopped", "release"):
-            reason = f"{self.operation}: guest stopped ({self.extra})"
-            self._log(domain, claims.release(domain.uuid, reason))
+            how = how_stopped(self.extra)
+            self._log(domain, claims.release(domain.uuid, f"{self.operation}: guest {how}"),
+                      doing=how)
         elif self.operation == "reconnect":
             changes, conflicts = claims.reassert(domain)
             self._log(domain, changes)
@@ -151,11 +167,13 @@ class HookCall:
         self._log_skipped(claims.inventory)
         return 0
 
-    def _log(self, domain: domxml.DomainXML, changes: list[Change]) -> None:
+    def _log(self, domain: domxml.DomainXML, changes: list[Change], doing: str = "") -> None:
+        """One sentence per change: "guest web1 is running: VF … of network … is in use"."""
+        doing = doing or _DOING.get(self.operation, self.operation)
         for change in changes:
             claim = change.claim
-            self.log.event(change.event, f"{self.operation} guest {domain.name}: VF {claim.vf} "
-                           f"(network {claim.network}) {claim.state}: {change.detail}",
+            self.log.event(change.event, f"guest {domain.name} {doing}: VF {claim.vf} of "
+                           f"network {claim.network} {change.detail}",
                            domain=domain.name, vf=claim.vf, network=claim.network)
 
     def _log_skipped(self, inventory: Inventory) -> None:

@@ -668,7 +668,8 @@ class Listener:
                         Inventory(self.config.sysfs_root, self.config.networks.values()),
                         running_guests(self.config.libvirt_run_dir), self.clock)
         for change in claims.activate(uuid, "arrived: migration finished"):
-            event(log, change.event, "guest %s arrived: VF %s active", name, change.claim.vf,
+            event(log, change.event, "guest %s arrived by migration: VF %s of network %s is "
+                  "in use", name, change.claim.vf, change.claim.network,
                   domain=name, vf=change.claim.vf, network=change.claim.network)
         for what, step in (("fixing its saved definition", self.fix_persistent_definition),
                            ("plugging in its pending VFs", self.plug_pending_vfs),

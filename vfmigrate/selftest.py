@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .errors import counted
+
 
 class _Rollback(Exception):
     pass
@@ -42,7 +44,7 @@ def main(stdout, *, environ=None, journal_socket=None, sender=None) -> int:
     path = configuration.config_path(None, environ)
     try:
         config = configuration.load(path)
-        check("config", True, f"{path} read ({len(config.networks)} network(s))")
+        check("config", True, f"{path} read ({counted(len(config.networks), 'network')})")
     except ConfigMissing:
         config = configuration.Config(path=path)
         check("config", True, f"{path} does not exist: the hook leaves guests alone "
@@ -77,7 +79,7 @@ def _check_sysfs(config, check) -> None:
         check("sysfs", False, str(error))
         return
     check("sysfs", True, f"{devices} read ({count} PCI devices, {vfs} VFs in "
-          f"{len(config.networks)} network(s))")
+          f"{counted(len(config.networks), 'network')})")
 
 
 def _check_run_dir(config, check) -> None:
@@ -94,7 +96,7 @@ def _check_run_dir(config, check) -> None:
         check("libvirt state", False, f"{problems[0]}")
         return
     check("libvirt state", True, f"{config.libvirt_run_dir} read "
-          f"({len(guests)} running guest(s))")
+          f"({counted(len(guests), 'running guest')})")
 
 
 def _check_ledger(config, check) -> None:
@@ -113,7 +115,7 @@ def _check_ledger(config, check) -> None:
         check("ledger", False, f"{error}")
         return
     check("ledger", True, f"{config.ledger_path} opened, write transaction taken and "
-          f"rolled back ({len(live)} live claim(s))")
+          f"rolled back ({counted(len(live), 'live claim')})")
 
 
 def _check_journal(check, journal_socket, sender) -> None:

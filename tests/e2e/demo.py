@@ -48,8 +48,15 @@ class Progress:
 
 
 def job_figure(jobinfo: str, label: str) -> str:
+    """A figure of ``virsh domjobinfo`` as a person writes it: ``Time elapsed: 30269
+    ms`` -> ``30.3 s``."""
     match = re.search(rf"^{label}:\s+(\S+)\s*(\S*)", jobinfo, flags=re.M)
-    return f"{match.group(1)} {match.group(2)}".strip() if match else "?"
+    if not match:
+        return "?"
+    value, unit = match.groups()
+    if unit == "ms" and value.isdigit():
+        return f"{int(value) / 1000:.1f} s"
+    return f"{value} {unit}".strip()
 
 
 def main() -> int:

@@ -91,7 +91,7 @@ def test_stand_in_moves_and_is_plugged_back_in(stand_in_hosts, linux_guest_image
     result = vfmigrate_migrate(a, b, name)
     assert result.returncode == 0, result.stdout + result.stderr
     steps = result.stdout
-    assert steps.index("pre-flight check") < steps.index("recording 1 VF(s)") \
+    assert steps.index("pre-flight check") < steps.index("recording 1 VF") \
         < steps.index("unplugging stand-in") < steps.index("migrating to") \
         < steps.index("waiting for the destination's listener")
     assert re.search(r"plugged in by the destination's listener; the guest was without them "
@@ -136,7 +136,7 @@ def test_destination_without_free_vf_rolls_back(stand_in_hosts, linux_guest_imag
     assert result.returncode == 1
     assert "no free VF in network 'physnet1' on this host (4 VFs, 4 claimed or in use)" \
         in result.stderr
-    assert "the guest keeps running on the source with its 1 VF(s) plugged back in" \
+    assert "the guest keeps running on the source with its VF plugged back in" \
         in result.stderr
     assert a.host.domain_state(name) == "running"
     live = a.host.virsh("dumpxml", name).stdout

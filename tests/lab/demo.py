@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import build_package
+from tests.e2e.demo import job_figure
 
 from . import lab
 from .scenario import (FO_MAC, LAB_A, LAB_B, URI_B, boot_guest, claims, failover_up,
@@ -116,10 +117,9 @@ def run_lab_demo(progress: Progress) -> None:
                   if i["master"] == report["master"]]
         progress.say(f"guest on lab-b: failover master {report['master']} with {slaves}, "
                      f"ping lab-a: {report['ping'].get(LAB_A)}")
-        times = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
-                 for line in jobinfo.splitlines() if ":" in line}
-        progress.say(f"migration: {migrated:.1f} s (virsh), job {times.get('Time elapsed')}, "
-                     f"downtime {times.get('Total downtime')}")
+        progress.say(f"migration: {migrated:.1f} s (virsh), "
+                     f"{job_figure(jobinfo, 'Time elapsed')} job, downtime "
+                     f"{job_figure(jobinfo, 'Total downtime')}")
         for host in (a, b):
             progress.say(f"\n{host.name}: claims {claims(host) or 'none'}")
             output = host.run(["journalctl", "-o", "short", "--no-pager",

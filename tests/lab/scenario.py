@@ -228,19 +228,21 @@ def vf_holder_xml(name: str, vfs: list[str]) -> str:
 
 
 @contextmanager
-def vfmigrate_lab(deb: Path, work: Path) -> Iterator[tuple[lab.L1Host, lab.L1Host]]:
-    """lab-a and lab-b booted with ``deb`` installed, physnet1 on their igb PF (lab-b
-    denies its first VF), listeners restarted on that config; stopped on exit."""
+def vfmigrate_lab(deb: Path, work: Path, *, numvfs: int = 2, deny_first_on_b: bool = True
+                  ) -> Iterator[tuple[lab.L1Host, lab.L1Host]]:
+    """lab-a and lab-b booted with ``deb`` installed, ``numvfs`` VFs each, physnet1 on
+    their igb PF (lab-b denies its first VF unless told not to), listeners restarted on
+    that config; stopped on exit."""
     payloads = []
     for name in ("a", "b"):
         payload = work / f"payload-{name}"
         payload.mkdir(parents=True, exist_ok=True)
         shutil.copy(deb, payload)
         payloads.append(payload)
-    with lab.Lab(2, workdir=work / "hosts", payloads=payloads) as the_lab:
+    with lab.Lab(2, workdir=work / "hosts", payloads=payloads, numvfs=numvfs) as the_lab:
         the_lab.boot(timeout=480)
         a, b = the_lab.hosts
-        for host, deny_first in ((a, False), (b, True)):
+        for host, deny_first in ((a, False), (b, deny_first_on_b)):
             status = host.status()
             if status["payload"].get("installed") != ["vfmigrate"]:
                 raise lab.LabError(f"{host.name}: vfmigrate not installed: {status['payload']}")

@@ -67,7 +67,7 @@ def teamed_vf_migrates_with_plain_virsh_migrate(a, b):
     reserve_for_an_arriving_guest(b, b.vfs[1])
     refused = a.virsh("migrate", "--live", "fo", URI_B, timeout=600, check=False)
     assert refused.returncode != 0
-    assert "vfmigrate: no free VF in network 'physnet1' on this host (1 VFs, 1 claimed or " \
+    assert "vfmigrate: no free VF in network 'physnet1' on this host (1 VF, 1 claimed or " \
            "in use)" in refused.stderr
     assert a.virsh("domstate", "fo").stdout.strip() == "running"
     next_report(a, "fo", lambda r: failover_up(r, LAB_B, FO_MAC), 600)

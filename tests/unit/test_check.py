@@ -126,7 +126,7 @@ def test_not_enough_free_vfs_means_cannot(host, tmp_path):
                                     device(host.physnet1_vfs[6], "52:54:00:00:00:02")])
     code, report = check(host, source, destination_host(tmp_path))
     assert (code, report["path"]) == (1, None)
-    assert report["problems"] == ["network physnet1: the destination has 1 free VF(s) for 2 "
+    assert report["problems"] == ["network physnet1: the destination has 1 free VF for 2 "
                                   "(PFs named as in this host's config)"]
 
 

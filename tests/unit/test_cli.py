@@ -62,7 +62,7 @@ def test_doctor_reports_each_finding(host, tmp_path):
                            "--uri", "test:///default")
     assert code == 1
     assert f"FAIL hook: {hooks_dir}/qemu.d/vfmigrate is missing" in out
-    assert "OK   network physnet1: 8 VFs on 1 PF(s)" in out
+    assert "OK   network physnet1: 8 VFs on 1 PF" in out
     assert "OK   iommu: 12 IOMMU groups" in out
     assert "OK   vfio-pci: driver loaded" in out
     assert "OK   libvirt: libvirt at test:///default is" in out
@@ -106,7 +106,7 @@ def test_tag_labels_live_and_saved_definition(host):
         code, out, err = run_cli(host, "tag", "tagme", "--network", "physnet2",
                                  "--uri", "test:///default")
         assert (code, err) == (0, "")
-        assert out == "guest tagme: 1 VF device(s) labelled network physnet2 " \
+        assert out == "guest tagme: 1 VF device labelled network physnet2 " \
                       "(live and saved definition)\n"
         for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
             assert 'mac="52:54:00:12:34:56" network="physnet2"' in domain.XMLDesc(flags)

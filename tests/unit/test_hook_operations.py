@@ -73,9 +73,20 @@ def test_no_free_vf_refuses_all_or_nothing(host):
     result = host.hook("migrate", xml, domain="big")
     assert result.code == 1
     assert result.stdout == b""
+    # the VF its first device was tentatively given is not counted as another guest's
     assert result.stderr == ("vfmigrate: no free VF in network 'physnet2' on this host "
-                             "(4 VFs, 4 claimed or in use)\n")
+                             "(4 VFs, 3 claimed or in use, 1 already given to this guest's "
+                             "other device)\n")
     assert host.live_claims() == before
+
+
+def test_no_free_vf_counts_one_vf_as_one_vf(host):
+    only_first = ", ".join(str(vf) for vf in host.physnet1_vfs[1:])
+    host.write_config({"physnet1": f"ens1f0\ndeny_vfs = {only_first}"})
+    assert host.hook("migrate", teaming_guest("a", [SOURCE_VF])).code == 0
+    result = host.hook("migrate", teaming_guest("b", [SOURCE_VF]), domain="b")
+    assert (result.code, result.stderr) == (1, "vfmigrate: no free VF in network 'physnet1' "
+                                            "on this host (1 VF, 1 claimed or in use)\n")
 
 
 def test_unknown_network_is_refused(host):
@@ -101,7 +112,7 @@ def test_full_incoming_lifecycle_incoming_active_released(host):
     assert host.live_claims() == []
     with host.ledger() as ledger:
         [row] = ledger.history()
-    assert (row.state, row.reason) == ("released", "stopped: guest stopped (shutdown)")
+    assert (row.state, row.reason) == ("released", "stopped: guest shut down")
 
 
 def test_failed_incoming_migration_leaves_nothing(host):
@@ -197,7 +208,7 @@ def test_expired_incoming_claims_are_reclaimed(host):
     assert later.code == 0, later.stderr
     owners = sorted(c.domain_name for c in host.live_claims())
     assert owners == ["a", "e"]   # a is running so its claim stays; b, c, d expired
-    assert "incoming claim expired" in later.stderr
+    assert "the guest it was reserved for never arrived" in later.stderr
 
 
 def test_guest_without_vf_is_untouched_even_without_config(host):

@@ -36,7 +36,9 @@ def test_reservation_is_logged_with_fields(host):
     assert entry["SYSLOG_IDENTIFIER"] == "vfmigrate"
     assert (entry["VFMIGRATE_DOMAIN"], entry["VFMIGRATE_VF"], entry["VFMIGRATE_NETWORK"],
             entry["VFMIGRATE_ACTION"]) == ("web1", "0000:af:00.2", "physnet2", "reserved")
-    assert entry["MESSAGE"].startswith("migrate guest web1: VF 0000:af:00.2 (network physnet2)")
+    assert entry["MESSAGE"] == ("guest web1 is arriving by migration: VF 0000:af:00.2 of "
+                                "network physnet2 reserved for its interface ua-vf0 "
+                                "(VF 0000:5e:02.3 on the source)")
     assert entry["PRIORITY"] == "6"
     assert guest_uuid("web1")
 
