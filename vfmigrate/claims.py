@@ -19,9 +19,6 @@ decision that hands out a VF (it may name any VF); releases still work.
 
 from __future__ import annotations
 
-from collections import namedtuple
-from collections.abc import Callable, Iterator, Mapping
-
 from .config import Config
 from .domxml import DomainXML, VFDevice
 from .errors import (NoFreeVF, Refused, UnknownNetwork, UnlabelledDevice, VFTaken,
@@ -30,6 +27,7 @@ from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, RESETTING, Claim, Ledger
 from .events import Event
 from .pci import PciAddress
+from .records import record
 from .running import RunningGuest
 
 
@@ -64,13 +62,13 @@ def reset_in_progress(claim: Claim, now: float, config: Config, lock_timeout: fl
             and now - claim.updated <= config.reset_timeout + lock_timeout + RESET_GRACE)
 
 
-class Change(namedtuple("Change", "event claim detail")):
+class Change(record("Change", "event claim detail")):
     """What a decision did to one claim (an Event, the Claim as it is now, why)."""
 
     __slots__ = ()
 
 
-class Assignment(namedtuple("Assignment", "device vf claim")):
+class Assignment(record("Assignment", "device vf claim")):
     """The local VF given to one travelling VFDevice, and its claim."""
 
     __slots__ = ()
@@ -122,7 +120,7 @@ class Claims:
 
     def _in_use_by_running(self, exclude_uuid: str) -> dict[PciAddress, RunningGuest]:
         return {address: guest for guest in self.running.values()
-                if guest.uuid != exclude_uuid for address in guest.pci_sources}
+                if guest.uuid != exclude_uuid for address in guest.held}
 
     def _expire(self, claims: list[Claim], now: float, changes: list[Change]) -> list[Claim]:
         """Release expired claims; return the claims that stay live."""

@@ -196,7 +196,8 @@ def _status(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     config = configuration.load(path)
     with Ledger(config.ledger_path, lock_timeout=config.lock_timeout) as ledger:
         status = host_status(config, Inventory(config.sysfs_root, config.networks.values()),
-                             ledger, running_guests(config.libvirt_run_dir))
+                             ledger, running_guests(config.libvirt_run_dir,
+                                                     allow_stand_ins=config.allow_stand_ins))
     if args.json:
         json.dump(status.as_dict(), stdout, indent=2)
         stdout.write("\n")
@@ -295,7 +296,7 @@ def _tag(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     from . import METADATA_NAMESPACE, domxml, metadata
     from .virt import LibvirtHost
 
-    if not configuration.NETWORK_LABEL.fullmatch(args.network):
+    if not configuration.is_network_label(args.network):
         raise UsageError(problem=f"network label {args.network!r} must be letters, digits, "
                                  "'_', '.', ':' or '-'")
     try:

@@ -28,47 +28,84 @@ module is on the hook's import-light path: no pathlib).
 from __future__ import annotations
 
 import os
-import re
-import types
-from collections import namedtuple
-from collections.abc import Mapping
 
+from . import lexical
 from .errors import ConfigMissing, ConfigSyntaxError
 from .pci import PciAddress, is_pci_address
 
 DEFAULT_CONFIG_PATH = "/etc/vfmigrate/vfmigrate.conf"
 CONFIG_ENV = "VFMIGRATE_CONFIG"
 
-NETWORK_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-_NETDEV_NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
-_VF_PATTERN = re.compile(r"[0-9a-fA-F:.*?\[\]-]{1,32}")
-_SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{0,6})?|\.[0-9]{1,6}")   # ASCII: float() also reads '١٢', '1_0'
+_LABEL_CHARACTERS = lexical.ASCII_ALNUM | frozenset("_.:-")
+_NETDEV_CHARACTERS = lexical.ASCII_ALNUM | frozenset("_.:@-")
+_VF_PATTERN_CHARACTERS = lexical.HEX_DIGITS | frozenset(":.*?[]-")
+_URI_SCHEME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+")
 
 
-class NetworkConfig(namedtuple("NetworkConfig", "name pfs allow_vfs deny_vfs",
-                               defaults=((), ()))):
+def is_network_label(name: str) -> bool:
+    """``[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}``"""
+    return name[:1] in lexical.ASCII_ALNUM and lexical.made_of(name, _LABEL_CHARACTERS, 1, 64)
+
+
+class NetworkConfig:
     """One ``[network NAME]``: PF specs (netdev names or PCI addresses), VF globs."""
 
-    __slots__ = ()
+    __slots__ = ("name", "pfs", "allow_vfs", "deny_vfs")
+
+    def __init__(self, name: str, pfs: tuple[str, ...], allow_vfs: tuple[str, ...] = (),
+                 deny_vfs: tuple[str, ...] = ()) -> None:
+        self.name, self.pfs, self.allow_vfs, self.deny_vfs = name, pfs, allow_vfs, deny_vfs
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NetworkConfig) and all(
+            getattr(self, field) == getattr(other, field) for field in self.__slots__)
+
+    def __repr__(self) -> str:
+        return (f"NetworkConfig(name={self.name!r}, pfs={self.pfs!r}, "
+                f"allow_vfs={self.allow_vfs!r}, deny_vfs={self.deny_vfs!r})")
 
 
-class Config(namedtuple("Config", "path state_dir sysfs_root libvirt_run_dir "
-                        "reservation_timeout lock_timeout libvirt_uri vf_reset "
-                        "allow_stand_ins networks reset_timeout",
-                        defaults=("/var/lib/vfmigrate", "/sys", "/run/libvirt/qemu",
-                                  300.0, 10.0, "qemu:///system", "netlink", False,
-                                  types.MappingProxyType({}), 10.0))):
+class Config:
     """The whole file; ``networks`` maps each label to its NetworkConfig."""
 
-    __slots__ = ()
+    __slots__ = ("path", "state_dir", "sysfs_root", "libvirt_run_dir", "reservation_timeout",
+                 "lock_timeout", "libvirt_uri", "vf_reset", "allow_stand_ins", "networks",
+                 "reset_timeout")
+
+    def __init__(self, path: str, state_dir: str = "/var/lib/vfmigrate",
+                 sysfs_root: str = "/sys", libvirt_run_dir: str = "/run/libvirt/qemu",
+                 reservation_timeout: float = 300.0, lock_timeout: float = 10.0,
+                 libvirt_uri: str = "qemu:///system", vf_reset: str = "netlink",
+                 allow_stand_ins: bool = False, networks: dict | None = None,
+                 reset_timeout: float = 10.0) -> None:
+        self.path, self.state_dir, self.sysfs_root = path, state_dir, sysfs_root
+        self.libvirt_run_dir = libvirt_run_dir
+        self.reservation_timeout, self.lock_timeout = reservation_timeout, lock_timeout
+        self.libvirt_uri, self.vf_reset = libvirt_uri, vf_reset
+        self.allow_stand_ins = allow_stand_ins
+        self.networks = {} if networks is None else networks
+        self.reset_timeout = reset_timeout
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and all(
+            getattr(self, field) == getattr(other, field) for field in self.__slots__)
+
+    def __repr__(self) -> str:
+        return "Config(" + ", ".join(f"{field}={getattr(self, field)!r}"
+                                     for field in self.__slots__) + ")"
 
     @property
     def ledger_path(self) -> str:
         return os.path.join(self.state_dir, "ledger.sqlite3")
 
+    @property
+    def running_cache_path(self) -> str:
+        """What running guests hold, per status file (:mod:`vfmigrate.running`)."""
+        return os.path.join(self.state_dir, "running-guests.cache")
+
 
 def config_path(explicit: str | os.PathLike | None = None,
-                environ: Mapping[str, str] = os.environ) -> str:
+                environ: "Mapping[str, str]" = os.environ) -> str:
     """Which config file to read: explicit flag, then environment, then default."""
     if explicit:
         return os.fspath(explicit)
@@ -149,7 +186,7 @@ class _Parser:
             return
         if len(words) == 2 and words[0] == "network":
             name = words[1]
-            if not NETWORK_LABEL.fullmatch(name):
+            if not is_network_label(name):
                 raise self.fail(number, name, "network name must be letters, digits, "
                                 "'_', '.', ':' or '-' (at most 64)")
             if name in self.networks:
@@ -172,13 +209,15 @@ class _Parser:
         for key in ("reservation_timeout", "lock_timeout", "reset_timeout"):
             if key in self.host:
                 number, value = self.host[key]
-                seconds = float(value) if _SECONDS.fullmatch(value) else -1.0
+                seconds = float(value) if lexical.is_decimal_seconds(value) else -1.0
                 if not 0 < seconds <= 86400:
                     raise self.fail(number, key, f"must be seconds between 0 and 86400, got {value!r}")
                 settings[key] = seconds
         if "libvirt_uri" in self.host:
             number, value = self.host["libvirt_uri"]
-            if not re.fullmatch(r"[a-z0-9+]+://[^\s]*", value):
+            scheme, separator, rest = value.partition("://")
+            if not (separator and lexical.made_of(scheme, _URI_SCHEME_CHARACTERS)
+                    and not lexical.has_space(rest)):
                 raise self.fail(number, "libvirt_uri", f"{value!r} is not a libvirt URI "
                                 "like qemu:///system")
             settings["libvirt_uri"] = value
@@ -219,7 +258,7 @@ class _Parser:
                     number, value = section[key]
                     patterns[key] = tuple(_split_list(value))
                     for pattern in patterns[key]:
-                        if not _VF_PATTERN.fullmatch(pattern):
+                        if not lexical.made_of(pattern, _VF_PATTERN_CHARACTERS, 1, 32):
                             raise self.fail(number, key, f"{pattern!r} is not a PCI address "
                                             "or glob pattern like 0000:3b:02.*")
             networks[name] = NetworkConfig(name=name, pfs=tuple(pfs), **patterns)
@@ -238,8 +277,8 @@ def _strip_comment(line: str) -> str:
 
 
 def _split_list(value: str) -> list[str]:
-    return [item for item in re.split(r"[,\s]+", value) if item]
+    return value.replace(",", " ").split()
 
 
 def _is_netdev_name(name: str) -> bool:
-    return bool(_NETDEV_NAME.fullmatch(name)) and name not in (".", "..")
+    return lexical.made_of(name, _NETDEV_CHARACTERS, 1, 15) and name not in (".", "..")

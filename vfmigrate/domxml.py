@@ -51,12 +51,10 @@ quoting included, comes out identical.
 
 from __future__ import annotations
 
-import re
-from collections import namedtuple
 from xml.parsers import expat
 
-from . import METADATA_NAMESPACE
-from .config import NETWORK_LABEL
+from . import METADATA_NAMESPACE, lexical
+from .config import is_network_label
 from .errors import BadDomainXML, Refused
 from .pci import PciAddress
 
@@ -67,15 +65,8 @@ MAX_DEPTH = 1024
 # Nothing vfmigrate reads is deeper below <domain> than devices/interface/actual/source/address.
 _DEEPEST_READ = 5
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
-                   r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
-_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
-_ALIAS = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_TAG_NAME = re.compile(rb"<[^\s/>]+")
-_NEXT_ATTRIBUTE = re.compile(rb"""(\s+)([^\s=/>]+)(\s*=\s*)("[^"]*"|'[^']*')""")
-_VLAN = re.compile(r"[0-9]{1,4}")
-_PCI_TEXT = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
-_BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_ALIAS_CHARACTERS = lexical.ASCII_ALNUM | frozenset("_-")
+_BRIDGE_CHARACTERS = lexical.ASCII_ALNUM | frozenset("_.-")
 _NS_VFS = METADATA_NAMESPACE + " vfs"
 
 # ``replug``: "on-arrival" (set on the source by ``vfmigrate migrate`` after
@@ -100,10 +91,22 @@ class TestOnlyVF(Refused):
     __test__ = False   # not a pytest class
 
 
-class Span(namedtuple("Span", "start end")):
+class Span:
     """Byte range of a start tag, ``<`` to ``>`` inclusive."""
 
-    __slots__ = ()
+    __slots__ = ("start", "end")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Span) and (self.start, self.end) == (other.start, other.end)
+
+    def __hash__(self) -> int:
+        return hash((self.start, self.end))
+
+    def __repr__(self) -> str:
+        return f"Span({self.start}, {self.end})"
 
 
 class VFDevice:
@@ -280,7 +283,7 @@ class _DomainParser:
             raise BadDomainXML(problem="no <domain> element")
         uuid = "".join(self.fields["uuid"]).strip()
         name = "".join(self.fields["name"]).strip()
-        if not _UUID.fullmatch(uuid):
+        if not lexical.is_uuid(uuid):
             raise BadDomainXML(problem=f"<uuid> is missing or invalid: {uuid[:40]!r}")
         if not name:
             raise BadDomainXML(problem="<name> is missing")
@@ -430,24 +433,24 @@ class _DomainParser:
 
 
 def _is_pci(text: str) -> bool:
-    return _PCI_TEXT.fullmatch(text) is not None
+    return lexical.is_pci_address(text, lexical.HEX_DIGITS)
 
 
 def _is_vlan(text: str) -> bool:
-    return _VLAN.fullmatch(text) is not None and int(text) <= 4095
+    return lexical.made_of(text, lexical.ASCII_DIGITS, 1, 4) and int(text) <= 4095
 
 
 # Checks of untrusted metadata attributes: (predicate, what is wrong otherwise).
 _ENTRY_CHECKS = {
-    "alias": (_ALIAS.fullmatch, "is not a libvirt alias"),
-    "mac": (_MAC.fullmatch, "is not a MAC address"),
-    "network": (NETWORK_LABEL.fullmatch, "is not a valid label"),
+    "alias": (lambda v: lexical.made_of(v, _ALIAS_CHARACTERS, 1, 128), "is not a libvirt alias"),
+    "mac": (lexical.is_mac, "is not a MAC address"),
+    "network": (is_network_label, "is not a valid label"),
     "vlan": (_is_vlan, "is not 0-4095"),
     "address": (_is_pci, "is not a PCI address (DDDD:BB:SS.F)"),
     "guest-address": (_is_pci, "is not a PCI address (DDDD:BB:SS.F)"),
     "replug": (lambda v: v in REPLUG_STATES, f"is not one of {', '.join(REPLUG_STATES)}"),
     "device": (lambda v: v in DEVICE_TYPES, f"is not one of {', '.join(DEVICE_TYPES)}"),
-    "bridge": (_BRIDGE.fullmatch, "is not a bridge name"),
+    "bridge": (lambda v: lexical.made_of(v, _BRIDGE_CHARACTERS, 1, 15), "is not a bridge name"),
 }
 
 
@@ -479,15 +482,54 @@ def _end_of_start_tag(data: bytes, start: int) -> int:
     raise BadDomainXML(problem="unterminated start tag")
 
 
-def _attributes(tag: bytes) -> list[re.Match]:
+_SPACE = b" \t\n\r\f\v"          # what \s is in bytes
+_NOT_IN_TAG_NAME = _SPACE + b"/>"
+_NOT_IN_NAME = _SPACE + b"=/>"
+
+
+class _Attribute:
+    """One ``name="value"`` of a start tag: ``tag[quote:end]`` is the quoted value."""
+
+    __slots__ = ("name", "quote", "end")
+
+    def __init__(self, name: bytes, quote: int, end: int) -> None:
+        self.name, self.quote, self.end = name, quote, end
+
+
+def _attributes(tag: bytes) -> list[_Attribute]:
     """The attributes of one start tag, in order, read from its start (so that an
-    attribute value that looks like attributes is never taken for them)."""
+    attribute value that looks like attributes is never taken for them): after the
+    tag's name, each is ``\\s+ NAME \\s* = \\s* "VALUE"`` (or ``'VALUE'``), where NAME has
+    no space, ``=``, ``/`` or ``>``; the first thing that is not ends the list."""
+    length = len(tag)
+    position = 1
+    while position < length and tag[position] not in _NOT_IN_TAG_NAME:
+        position += 1
     found = []
-    position = _TAG_NAME.match(tag).end()
-    while (match := _NEXT_ATTRIBUTE.match(tag, position)) is not None:
-        found.append(match)
-        position = match.end()
-    return found
+    while True:
+        name_start = position
+        while name_start < length and tag[name_start] in _SPACE:
+            name_start += 1
+        name_end = name_start
+        while name_end < length and tag[name_end] not in _NOT_IN_NAME:
+            name_end += 1
+        if name_start == position or name_end == name_start:
+            return found
+        quote = name_end
+        while quote < length and tag[quote] in _SPACE:
+            quote += 1
+        if tag[quote:quote + 1] != b"=":
+            return found
+        quote += 1
+        while quote < length and tag[quote] in _SPACE:
+            quote += 1
+        if tag[quote:quote + 1] not in (b'"', b"'"):
+            return found
+        close = tag.find(tag[quote:quote + 1], quote + 1)
+        if close < 0:
+            return found
+        found.append(_Attribute(tag[name_start:name_end], quote, close + 1))
+        position = close + 1
 
 
 def _set_attributes(tag: bytes, values: dict[str, str]) -> bytes:
@@ -495,16 +537,17 @@ def _set_attributes(tag: bytes, values: dict[str, str]) -> bytes:
     seen: set[str] = set()
     attributes = _attributes(tag)
     pieces, position = [], 0
-    for match in attributes:
-        name = match.group(2).decode()
+    for attribute in attributes:
+        name = attribute.name.decode()
         if name not in values:
             continue
         seen.add(name)
-        quote = match.group(4)[:1]
-        pieces += [tag[position:match.start(4)], quote, values[name].encode(), quote]
-        position = match.end()
+        quote = tag[attribute.quote:attribute.quote + 1]
+        pieces += [tag[position:attribute.quote], quote, values[name].encode(), quote]
+        position = attribute.end
     result = b"".join(pieces) + tag[position:]
-    quote = (attributes[-1].group(4)[:1] if attributes else b"'").decode()
+    last = attributes[-1].quote if attributes else None
+    quote = (tag[last:last + 1] if last is not None else b"'").decode()
     missing = b"".join(f" {name}={quote}{value}{quote}".encode()
                        for name, value in values.items() if name not in seen)
     if missing:

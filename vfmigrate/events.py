@@ -18,9 +18,7 @@ claim; it sends the same fields through python-systemd's C ``sendv`` with
 
 from __future__ import annotations
 
-import enum
 import os
-from collections.abc import Callable
 from io import TextIOBase
 
 from . import __version__
@@ -30,31 +28,65 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 ERROR, WARNING, INFO = 3, 4, 6   # syslog priorities
 
 
-class Event(enum.Enum):
-    """Kinds of event; the value is the journald MESSAGE_ID."""
+class EventKind:
+    """One kind of event: its ``name`` (``RESERVED``) and journald ``MESSAGE_ID``."""
 
-    RESERVED = "2116d4f0a90d494a8a5d45d8bdc4cfab"       # incoming claim made, XML rewritten
-    ACTIVATED = "9ef0a1bde2f842e7a13b72f635451e34"      # claim became active
-    RELEASED = "4760036efa7a47f38f6181af75c33ac9"       # claim released
-    REFUSED = "0b4900f32c7a4139bb301efd446c9365"        # migration or start refused
-    EXPIRED = "f700e0ac5c964d23b87c04247eba9fe8"        # stale incoming claim dropped
-    RESET = "7138d2b23c4a4d868223740d6c3c15cc"          # VF MAC/VLAN reset on its PF
-    CORRECTED = "4132176e668b408d9e57b67fd995cc0a"      # reconcile fixed the ledger
-    CONFLICT = "9261fa8fae7d41148adb96d777b8aa2b"       # a VF is named by two guests
-    MIGRATED = "69afe97beb464d3680922ef3f6e36c4b"       # migration job completed
-    VANISHED = "d87576d8cb514b50aa84accace367d5c"       # a claimed VF left sysfs
-    METADATA = "edeb2456afc7420aade3dbf40b94139b"       # guest metadata updated
-    ATTACHED = "c27ab41d3831412192a38a6595978a8e"       # VF plugged into a guest
-    DETACHED = "0ad7ee91f61545498644a1a7aa89a119"       # VF unplugged from a guest
-    LISTENER = "4bfacb2dc9984b559e85da0e928e6e08"       # listener started/stopped/reconnected
-    CONFIGURED = "445ed6f424c74e21bd605136cc6a3561"     # VF MAC/VLAN set for a teamed <hostdev>
+    __slots__ = ("name", "message_id")
 
-    @property
-    def message_id(self) -> str:
-        return self.value
+    def __init__(self, name: str, message_id: str) -> None:
+        self.name, self.message_id = name, message_id
+
+    def __repr__(self) -> str:
+        return f"Event.{self.name}"
 
 
-def journal_fields(kind: Event, *, domain: str | None = None, vf: object = None,
+class _Kinds(type):
+    def __iter__(cls):
+        return iter(cls.ALL)
+
+
+class Event(metaclass=_Kinds):
+    """The kinds of event (``for kind in Event`` lists them).  A plain class, not an
+    :class:`enum.Enum`: the hook would import ``enum`` for it."""
+
+    # incoming claim made, XML rewritten
+    RESERVED = EventKind("RESERVED", "2116d4f0a90d494a8a5d45d8bdc4cfab")
+    # claim became active
+    ACTIVATED = EventKind("ACTIVATED", "9ef0a1bde2f842e7a13b72f635451e34")
+    # claim released
+    RELEASED = EventKind("RELEASED", "4760036efa7a47f38f6181af75c33ac9")
+    # migration or start refused
+    REFUSED = EventKind("REFUSED", "0b4900f32c7a4139bb301efd446c9365")
+    # stale incoming claim dropped
+    EXPIRED = EventKind("EXPIRED", "f700e0ac5c964d23b87c04247eba9fe8")
+    # VF MAC/VLAN reset on its PF
+    RESET = EventKind("RESET", "7138d2b23c4a4d868223740d6c3c15cc")
+    # reconcile fixed the ledger
+    CORRECTED = EventKind("CORRECTED", "4132176e668b408d9e57b67fd995cc0a")
+    # a VF is named by two guests
+    CONFLICT = EventKind("CONFLICT", "9261fa8fae7d41148adb96d777b8aa2b")
+    # migration job completed
+    MIGRATED = EventKind("MIGRATED", "69afe97beb464d3680922ef3f6e36c4b")
+    # a claimed VF left sysfs
+    VANISHED = EventKind("VANISHED", "d87576d8cb514b50aa84accace367d5c")
+    # guest metadata updated
+    METADATA = EventKind("METADATA", "edeb2456afc7420aade3dbf40b94139b")
+    # VF plugged into a guest
+    ATTACHED = EventKind("ATTACHED", "c27ab41d3831412192a38a6595978a8e")
+    # VF unplugged from a guest
+    DETACHED = EventKind("DETACHED", "0ad7ee91f61545498644a1a7aa89a119")
+    # listener started/stopped/reconnected
+    LISTENER = EventKind("LISTENER", "4bfacb2dc9984b559e85da0e928e6e08")
+    # VF MAC/VLAN set for a teamed <hostdev>
+    CONFIGURED = EventKind("CONFIGURED", "445ed6f424c74e21bd605136cc6a3561")
+
+    ALL: tuple[EventKind, ...] = ()
+
+
+Event.ALL = tuple(kind for kind in vars(Event).values() if isinstance(kind, EventKind))
+
+
+def journal_fields(kind: EventKind, *, domain: str | None = None, vf: object = None,
                    network: str | None = None, **extra: object) -> dict[str, str]:
     fields = {"MESSAGE_ID": kind.message_id, "VFMIGRATE_ACTION": kind.name.lower(),
               "VFMIGRATE_VERSION": __version__}   # which code acted, across upgrades
@@ -69,10 +101,9 @@ def journal_fields(kind: Event, *, domain: str | None = None, vf: object = None,
     return fields
 
 
-Sender = Callable[..., None]   # python-systemd's journal.send(MESSAGE, **fields)
+# A Sender is python-systemd's journal.send(MESSAGE, **fields), or what stands in for it.
 
-
-def default_sender(socket_path: str = JOURNAL_SOCKET) -> Sender | None:
+def default_sender(socket_path: str = JOURNAL_SOCKET) -> "Sender | None":
     """A journal sender if journald listens and python-systemd is installed."""
     if not os.path.exists(socket_path):
         return None
@@ -89,7 +120,7 @@ def default_sender(socket_path: str = JOURNAL_SOCKET) -> Sender | None:
 class HookLog:
     """The hook's logger: structured journal entries, else lines on stderr."""
 
-    def __init__(self, stream: TextIOBase, sender: Sender | None) -> None:
+    def __init__(self, stream: TextIOBase, sender: "Sender | None") -> None:
         self.stream = stream
         self.sender = sender
 
@@ -97,7 +128,7 @@ class HookLog:
     def to_journal(self) -> bool:
         return self.sender is not None
 
-    def event(self, kind: Event, message: str, *, priority: int = INFO,
+    def event(self, kind: EventKind, message: str, *, priority: int = INFO,
               journal_only: bool = False, **fields: object) -> None:
         """Log one event; ``journal_only`` for what is also written elsewhere."""
         if self.sender is not None:

@@ -101,7 +101,9 @@ class HookCall:
                                  clock=self.clock)
         def load_running():
             problems: list[str] = []
-            running = running_guests(config.libvirt_run_dir, problems)
+            running = running_guests(config.libvirt_run_dir, problems,
+                                     allow_stand_ins=config.allow_stand_ins,
+                                     cache_path=config.running_cache_path)
             for problem in problems:
                 self.log.event(Event.CONFLICT, problem, priority=WARNING,
                                domain=self.domain_name)

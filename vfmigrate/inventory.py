@@ -20,13 +20,10 @@ configuration error, because its VFs would be handed out to both networks.
 from __future__ import annotations
 
 import os
-from collections import namedtuple
-from collections.abc import Iterable, Iterator
-from fnmatch import fnmatchcase
-
 from .config import NetworkConfig
 from .errors import ConfigError, SysfsError
 from .pci import PciAddress, is_pci_address
+from .records import record
 
 
 class PFInTwoNetworks(ConfigError):
@@ -35,18 +32,28 @@ class PFInTwoNetworks(ConfigError):
                "remove it from one [network] section")
 
 
-class VF(namedtuple("VF", "address pf index network")):
+class VF(record("VF", "address pf index network")):
     """A VF: its address, its PF's address, its index on the PF, its network."""
 
     __slots__ = ()
 
 
-class PF(namedtuple("PF", "address spec network num_vfs total_vfs")):
+class PF(record("PF", "address spec network num_vfs total_vfs")):
     __slots__ = ()
 
 
-class DeviceDetails(namedtuple("DeviceDetails", "driver netdevs vendor device numa_node")):
+class DeviceDetails(record("DeviceDetails", "driver netdevs vendor device numa_node")):
     __slots__ = ()
+
+
+def _matches(address: str, pattern: str) -> bool:
+    """Whether a VF's address matches an allow/deny pattern (a glob, case-insensitive).
+    fnmatch (which imports re) only for a pattern with wildcards."""
+    pattern = pattern.lower()
+    if not any(wildcard in pattern for wildcard in "*?["):
+        return address == pattern
+    from fnmatch import fnmatchcase
+    return fnmatchcase(address, pattern)
 
 
 class Inventory:
@@ -151,10 +158,10 @@ class Inventory:
         if not (network.allow_vfs or network.deny_vfs):
             return True
         text = str(address)
-        if network.allow_vfs and not any(fnmatchcase(text, pattern.lower())
+        if network.allow_vfs and not any(_matches(text, pattern)
                                          for pattern in network.allow_vfs):
             return False
-        return not any(fnmatchcase(text, pattern.lower()) for pattern in network.deny_vfs)
+        return not any(_matches(text, pattern) for pattern in network.deny_vfs)
 
     def iter_vfs(self, network: str) -> Iterator[VF]:
         """The network's usable VFs, lazily, in a stable order (PF order, VF index)."""

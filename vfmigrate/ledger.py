@@ -40,18 +40,20 @@ lock timeout), corrupt, disk full, read-only, anything else; see
 
 from __future__ import annotations
 
-import numbers
 import os
-import re
-import sqlite3
 import stat
 import time
-from collections import namedtuple
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+
+try:
+    # The sqlite3 package is this C module plus datetime adapters the ledger does not
+    # use; importing it pulls in datetime and collections on the hook's path.
+    import _sqlite3 as sqlite3
+except ImportError:   # not CPython
+    import sqlite3
 
 from .errors import LedgerBusy, LedgerCorrupt, LedgerError
 from .pci import PciAddress
+from .records import record
 
 SCHEMA_VERSION = 1
 INCOMING, ACTIVE, RELEASED = "incoming", "active", "released"
@@ -93,12 +95,12 @@ _KIND_OF_CODE = {_SQLITE_BUSY: BUSY, _SQLITE_LOCKED: BUSY, _SQLITE_CORRUPT: CORR
 # READONLY and CORRUPT only choose the advice in the message, so a mismatch
 # there costs a less helpful line, never a wait or a wrong decision.  Anything
 # not recognised is "other": reported at once, never retried.
-_KIND_OF_MESSAGE = ((re.compile(r"database (table |schema )?is locked\b"), BUSY),
-                    (re.compile(r"database or disk is full"), FULL),
-                    (re.compile(r"readonly database|read-only file system"), READONLY),
-                    (re.compile(r"unable to open database file"), CANTOPEN),
-                    (re.compile(r"database disk image is malformed|file is not a database"),
-                     CORRUPT))
+_KIND_OF_MESSAGE = (
+    (("database is locked", "database table is locked", "database schema is locked"), BUSY),
+    (("database or disk is full",), FULL),
+    (("readonly database", "read-only file system"), READONLY),
+    (("unable to open database file",), CANTOPEN),
+    (("database disk image is malformed", "file is not a database"), CORRUPT))
 
 # The owner of a reset claim (see the module docstring): not a UUID libvirt gives.
 RESET_OWNER = "vfmigrate-reset"
@@ -139,15 +141,15 @@ def classify(error: sqlite3.Error) -> str:
     if code is not None:
         return _KIND_OF_CODE.get(code & 0xFF, OTHER)
     text = str(error)
-    for pattern, kind in _KIND_OF_MESSAGE:
-        if pattern.search(text):
+    for phrases, kind in _KIND_OF_MESSAGE:
+        if any(phrase in text for phrase in phrases):
             return kind
     # DatabaseError itself (not a subclass) is what SQLITE_CORRUPT/NOTADB raise.
     return CORRUPT if type(error) is sqlite3.DatabaseError else OTHER
 
 
-class Claim(namedtuple("Claim", "id vf network domain_uuid domain_name state created "
-                       "updated reason")):
+class Claim(record("Claim", "id vf network domain_uuid domain_name state created updated "
+                   "reason")):
     """One row of the ledger; ``vf`` is a PciAddress, times are Unix seconds."""
 
     __slots__ = ()
@@ -162,7 +164,7 @@ class Claim(namedtuple("Claim", "id vf network domain_uuid domain_name state cre
             if not isinstance(value, str):
                 raise ValueError(f"{name} is {value!r}, not text")
         for name, value in (("created", created), ("updated", updated)):
-            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ValueError(f"{name} is {value!r}, not a time")
         if not isinstance(vf, str):
             raise ValueError(f"vf is {vf!r}, not a PCI address")
@@ -189,7 +191,7 @@ class Claim(namedtuple("Claim", "id vf network domain_uuid domain_name state cre
 
 class Ledger:
     def __init__(self, path: str | os.PathLike, *, lock_timeout: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: "Callable[[], float]" = time.time) -> None:
         self.path = os.fspath(path)
         self.lock_timeout = lock_timeout
         self.clock = clock
@@ -279,23 +281,10 @@ class Ledger:
 
     # -- transactions ---------------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator["Ledger"]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back if the block raises."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as error:
-            raise self._translate(error) from None
-        try:
-            yield self
-        except BaseException:
-            self._rollback()
-            raise
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as error:
-            self._rollback()
-            raise self._translate(error) from None
+    def transaction(self) -> _Transaction:
+        """``with ledger.transaction():`` ``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back if
+        the block raises."""
+        return _Transaction(self)
 
     def _rollback(self) -> None:
         """Roll back what is left of the transaction.  After some errors (SQLITE_FULL,
@@ -309,7 +298,7 @@ class Ledger:
             except sqlite3.Error:
                 pass
 
-    def _write(self, sql: str, parameters: Iterable = ()) -> sqlite3.Cursor:
+    def _write(self, sql: str, parameters: "Iterable" = ()) -> sqlite3.Cursor:
         if not self._db.in_transaction:
             raise RuntimeError("ledger writes must run inside Ledger.transaction()")
         try:
@@ -317,7 +306,8 @@ class Ledger:
         except sqlite3.Error as error:
             raise self._translate(error) from None
 
-    def _read(self, sql: str, parameters: Iterable = (), *, strict: bool = True) -> list[Claim]:
+    def _read(self, sql: str, parameters: "Iterable" = (), *,
+              strict: bool = True) -> list[Claim]:
         """The claims of the rows ``sql`` selects.  A row that cannot be read raises
         LedgerBadRow, or, not ``strict``, is skipped and noted in :attr:`bad_rows`."""
         try:
@@ -373,7 +363,7 @@ class Ledger:
         return Claim(cursor.lastrowid, vf, network, domain_uuid, domain_name, state,
                      now, now, reason)
 
-    def set_state(self, claims: Iterable[Claim], state: str, reason: str) -> list[Claim]:
+    def set_state(self, claims: "Iterable[Claim]", state: str, reason: str) -> list[Claim]:
         """Move claims to ``state``; returns them as they are now."""
         now = self.clock()
         changed = []
@@ -436,3 +426,31 @@ def _make_private_file(path: str) -> None:
             os.chmod(path, 0o600)
     except OSError as error:
         raise LedgerError(path=path, problem=error.strerror or str(error)) from None
+
+
+class _Transaction:
+    """What :meth:`Ledger.transaction` returns (a class, not contextlib: the hook's
+    imports stay light)."""
+
+    __slots__ = ("ledger",)
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def __enter__(self) -> Ledger:
+        try:
+            self.ledger._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            raise self.ledger._translate(error) from None
+        return self.ledger
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if kind is not None:
+            self.ledger._rollback()
+            return False
+        try:
+            self.ledger._db.execute("COMMIT")
+        except sqlite3.Error as failure:
+            self.ledger._rollback()
+            raise self.ledger._translate(failure) from None
+        return False

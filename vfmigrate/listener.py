@@ -666,7 +666,9 @@ class Listener:
 
         claims = Claims(self.config, self.ledger,
                         Inventory(self.config.sysfs_root, self.config.networks.values()),
-                        running_guests(self.config.libvirt_run_dir), self.clock)
+                        running_guests(self.config.libvirt_run_dir,
+                                       allow_stand_ins=self.config.allow_stand_ins),
+                        self.clock)
         for change in claims.activate(uuid, "arrived: migration finished"):
             event(log, change.event, "guest %s arrived by migration: VF %s of network %s is "
                   "in use", name, change.claim.vf, change.claim.network,

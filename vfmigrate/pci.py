@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from collections import namedtuple
-
-_ADDRESS = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])")
-# A number as libvirt reads it (strtoul, base 0): hex, octal or decimal, ASCII only.
-# Python's int() also takes Unicode digits ('\u0663' is 3), '_', signs and spaces.
-_XML_NUMBER = re.compile(r"0[xX][0-9a-fA-F]{1,8}|0[0-7]{0,11}|[1-9][0-9]{0,9}")
+from . import lexical
+from .records import record
 
 
 def xml_number(text: str) -> int:
-    """An unsigned number written as libvirt reads it; ValueError for anything else."""
-    if not _XML_NUMBER.fullmatch(text):
+    """An unsigned number written as libvirt reads it (strtoul, base 0: hex, octal or
+    decimal, ASCII only); ValueError for anything else.  Python's int() alone would
+    also take Unicode digits ('\u0663' is 3), '_', signs and spaces."""
+    if not lexical.is_c_number(text):
         raise ValueError(f"{text[:40]!r} is not a number")
     if text[:2] in ("0x", "0X"):
         return int(text[2:], 16)
@@ -22,7 +19,7 @@ def xml_number(text: str) -> int:
     return int(text)
 
 
-class PciAddress(namedtuple("PciAddress", "domain bus slot function")):
+class PciAddress(record("PciAddress", "domain bus slot function")):
     """A PCI address; ``str()`` gives the canonical ``DDDD:BB:SS.F``."""
 
     __slots__ = ()
@@ -30,10 +27,11 @@ class PciAddress(namedtuple("PciAddress", "domain bus slot function")):
     @classmethod
     def parse(cls, text: str) -> PciAddress:
         """Parse ``DDDD:BB:SS.F``; raise ValueError for anything else."""
-        match = _ADDRESS.fullmatch(text.strip().lower())
-        if match is None:
+        canonical = text.strip().lower()
+        if not lexical.is_pci_address(canonical):
             raise ValueError(f"not a PCI address (DDDD:BB:SS.F): {text!r}")
-        return cls(*(int(part, 16) for part in match.groups()))
+        return cls(int(canonical[0:4], 16), int(canonical[5:7], 16),
+                   int(canonical[8:10], 16), int(canonical[11], 16))
 
     @classmethod
     def from_xml_attributes(cls, domain: str | None, bus: str | None,
@@ -73,4 +71,4 @@ class PciAddress(namedtuple("PciAddress", "domain bus slot function")):
 
 
 def is_pci_address(text: str) -> bool:
-    return _ADDRESS.fullmatch(text.strip().lower()) is not None
+    return lexical.is_pci_address(text.strip().lower())

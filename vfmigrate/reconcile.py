@@ -67,6 +67,7 @@ from .events import Event
 from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, RESET_FAILED, RESETTING, Claim, Ledger
 from .pci import PciAddress
+from .running import RunningGuest
 from .virt import Guest
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,10 @@ class Correction(namedtuple("Correction", "event vf domain_name domain_uuid netw
         return f"{self.event.name.lower():<9} VF {self.vf} ({self.network or '-'}) {who}: {self.detail}"
 
 
-class GuestVFs(namedtuple("GuestVFs", "uuid name held")):
-    """A running guest and the host PCI addresses it holds."""
-
-    __slots__ = ()
-
-    @classmethod
-    def from_guest(cls, guest: Guest, *, allow_stand_ins: bool = False) -> "GuestVFs":
-        parsed = domxml.parse(guest.xml, allow_stand_ins=allow_stand_ins)
-        return cls(guest.uuid, guest.name, parsed.held_addresses)
+def _held_by(guest: Guest, *, allow_stand_ins: bool = False) -> RunningGuest:
+    """What a running guest holds, read from libvirt (the hook reads the same from
+    libvirt's status files: :mod:`vfmigrate.running`)."""
+    return RunningGuest.from_domain(domxml.parse(guest.xml, allow_stand_ins=allow_stand_ins))
 
 
 class UnknownGuest(namedtuple("UnknownGuest", "uuid name mentioned problem")):
@@ -197,13 +193,13 @@ class Reconciler:
                               for claim in self.ledger.live_claims(strict=False))
 
     def read_guests(self, guests: Iterable[Guest]
-                    ) -> tuple[list[GuestVFs], list[UnknownGuest], list[Correction]]:
+                    ) -> tuple[list[RunningGuest], list[UnknownGuest], list[Correction]]:
         """The running guests whose XML can be read, those that cannot (running,
         unknown), and one warning for each of the latter."""
         parsed, unknown, problems = [], [], []
         for guest in guests:
             try:
-                parsed.append(GuestVFs.from_guest(
+                parsed.append(_held_by(
                     guest, allow_stand_ins=self.config.allow_stand_ins))
             except BadDomainXML as error:
                 unknown.append(UnknownGuest.from_guest(guest, str(error)))
@@ -213,11 +209,11 @@ class Reconciler:
                     "and no VF it may hold is released or reset"))
         return parsed, unknown, problems
 
-    def guests_from(self, guests: Iterable[Guest]) -> tuple[list[GuestVFs], list[Correction]]:
+    def guests_from(self, guests: Iterable[Guest]) -> tuple[list[RunningGuest], list[Correction]]:
         parsed, _, problems = self.read_guests(guests)
         return parsed, problems
 
-    def plan(self, guests: list[GuestVFs], *, only_uuid: str | None = None,
+    def plan(self, guests: list[RunningGuest], *, only_uuid: str | None = None,
              unknown: Iterable[UnknownGuest] = (),
              claims_before: ClaimsSnapshot | None = None) -> list[Correction]:
         """What to change so the ledger matches ``guests`` (all running guests,
@@ -243,7 +239,7 @@ class Reconciler:
                     Event.CONFLICT, "-", None, None, None,
                     f"ledger {self.ledger.path} row {row} cannot be read ({problem}); no VF "
                     "is reset and none handed out until it is corrected or deleted"))
-        holders: dict[PciAddress, list[GuestVFs]] = {}
+        holders: dict[PciAddress, list[RunningGuest]] = {}
         for guest in guests:
             for address in guest.held:
                 holders.setdefault(address, []).append(guest)

@@ -87,7 +87,8 @@ def _check_run_dir(config, check) -> None:
 
     problems: list[str] = []
     try:
-        guests = running_guests(config.libvirt_run_dir, problems)
+        guests = running_guests(config.libvirt_run_dir, problems,
+                                allow_stand_ins=config.allow_stand_ins)
     except OSError as error:
         check("libvirt state", False, f"cannot read {config.libvirt_run_dir}: "
               f"{error.strerror}")

@@ -84,7 +84,7 @@ def host_status(config: Config, inventory: Inventory, ledger: Ledger,
                 "delete it with sqlite3 (while it is live, vfmigrate hands out no VF)"
                 for row, problem in sorted(bad_rows.items())]
     claims = {claim.vf: claim for claim in ledger.live_claims(strict=False)}
-    in_use = {address: guest for guest in running.values() for address in guest.pci_sources}
+    in_use = {address: guest for guest in running.values() for address in guest.held}
     seen = set()
     networks = []
     for name in config.networks:

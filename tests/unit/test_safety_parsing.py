@@ -283,7 +283,7 @@ def test_devices_in_metadata_do_not_hide_a_running_guests_vf(host):
     xml = foreign_metadata(xml, "<devices><disk serial='A1'/></devices>")
     (host.run_dir / "db.xml").write_bytes(status_file(xml, "db"))
     guests = running_guests(host.run_dir)
-    assert [str(a) for a in guests[guest_uuid("db")].pci_sources] == [held]
+    assert [str(a) for a in guests[guest_uuid("db")].held] == [held]
     result = host.hook("migrate", teaming_guest("web1", [SOURCE_VF], networks=["physnet1"]),
                        domain="web1")
     assert result.code == 0, result.stderr
@@ -295,7 +295,7 @@ def test_devices_in_metadata_do_not_forge_a_vf(host):
     xml = foreign_metadata(plain_guest("idle"), f"<devices>{hostdev(str(host.physnet1_vfs[0]))}"
                                                f"</devices>")
     (host.run_dir / "idle.xml").write_bytes(status_file(xml, "idle"))
-    assert running_guests(host.run_dir)[guest_uuid("idle")].pci_sources == ()
+    assert running_guests(host.run_dir)[guest_uuid("idle")].held == frozenset()
 
 
 def test_prefixed_devices_in_metadata_and_namespaces_on_domain(host):
@@ -314,7 +314,7 @@ def test_prefixed_devices_in_metadata_and_namespaces_on_domain(host):
     problems: list[str] = []
     guests = running_guests(host.run_dir, problems)
     assert problems == []
-    assert [str(a) for a in guests[guest_uuid("db")].pci_sources] == [held]
+    assert [str(a) for a in guests[guest_uuid("db")].held] == [held]
 
 
 def test_refusing_test_only_entries_is_one_line_exit_1():
@@ -366,7 +366,7 @@ def test_an_unreadable_status_file_still_holds_its_vfs(host):
     (host.run_dir / "db.xml").write_bytes(status[:status.index(b"<alias name='ua-vf0'/>")])
     problems: list[str] = []
     guests = running_guests(host.run_dir, problems)
-    assert held in {str(a) for a in guests[guest_uuid("db")].pci_sources}
+    assert held in {str(a) for a in guests[guest_uuid("db")].held}
     [problem] = problems
     assert "db.xml" in problem and "every PCI address in it counts as in use" in problem
     result = host.hook("migrate", teaming_guest("web1", [SOURCE_VF], networks=["physnet1"]),
