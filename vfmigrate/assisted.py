@@ -297,10 +297,9 @@ class AssistedMigration:
                      moving: list[MovingVF]) -> list[dict[str, str]]:
         entries = [dict(entry) for entry in entries]
         for vf in moving:
-            entry = next((e for e in entries if (vf.mac and e.get("mac", "").lower() == vf.mac)
-                          or (vf.alias and e.get("alias") == vf.alias)), None)
+            entry = metadata.entry_of(vf, entries, moving)
             if entry is None:
-                entry = {"mac": vf.mac} if vf.mac else {"alias": vf.alias}
+                entry = metadata.new_entry(vf)
                 entries.append(entry)
             entry.update({"network": vf.network, "address": str(vf.address),
                           "device": vf.kind, "replug": "on-arrival"})

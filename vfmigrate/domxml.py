@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from xml.parsers import expat
 
-from . import METADATA_NAMESPACE, lexical
+from . import METADATA_NAMESPACE, lexical, metadata
 from .config import is_network_label
 from .errors import BadDomainXML, Refused
 from .pci import PciAddress
@@ -69,15 +69,10 @@ _ALIAS_CHARACTERS = lexical.ASCII_ALNUM | frozenset("_-")
 _BRIDGE_CHARACTERS = lexical.ASCII_ALNUM | frozenset("_.-")
 _NS_VFS = METADATA_NAMESPACE + " vfs"
 
-# ``replug``: "on-arrival" (set on the source by ``vfmigrate migrate`` after
-# unplugging the VF), "pending" (set by the destination's hook when it claims
-# a VF for it: the destination's listener plugs it in).
-REPLUG_STATES = ("on-arrival", "pending")
-# ``device``: how to plug the VF back (``stand-in``: a virtio NIC standing in
-# for a VF in the namespaced testbed, only with ``allow_stand_ins = yes``;
-# ``simulated``: a testbed VF with no device at all, never plugged).
-DEVICE_TYPES = ("interface", "hostdev", "stand-in", "simulated")
-TEST_ONLY_DEVICE_TYPES = ("stand-in", "simulated")
+# The format of vfmigrate's metadata and the replug protocol: vfmigrate.metadata.
+REPLUG_STATES = metadata.REPLUG_STATES
+DEVICE_TYPES = metadata.DEVICE_TYPES
+TEST_ONLY_DEVICE_TYPES = metadata.TEST_ONLY_DEVICE_TYPES
 _NS_VF = METADATA_NAMESPACE + " vf"
 
 
@@ -405,11 +400,7 @@ class _DomainParser:
     def _match_metadata(self) -> list[VFDevice]:
         devices = list(self.devices)
         for entry in self.entries:
-            target = None
-            if entry.alias:
-                target = next((d for d in self.devices if d.alias == entry.alias), None)
-            if target is None and entry.mac:
-                target = next((d for d in self.devices if d.mac == entry.mac), None)
+            target = metadata.device_of(entry.entry, self.devices)
             if target is None:
                 # An entry without a device holds a VF only while it travels (replug) or
                 # when a testbed simulates one; otherwise it is a label left behind by a

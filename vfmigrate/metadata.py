@@ -1,4 +1,6 @@
-"""vfmigrate's element in a domain's ``<metadata>``: decide and render it.
+"""vfmigrate's element in a domain's ``<metadata>``: its format, the rule that
+ties an entry to a device, and the replug protocol.  Written once, here; the
+hook's parser (:mod:`vfmigrate.domxml`) and every writer use it.
 
 The element (namespace :data:`vfmigrate.METADATA_NAMESPACE`) has one
 ``<vf>`` per VF the guest holds, naming its network so that the destination
@@ -9,21 +11,59 @@ of a migration knows which pool to take a VF from::
       <vf alias="ua-vf0" network="physnet2" vlan="100"/>
     </vfs>
 
-Devices are matched by ``mac`` where they have one (stable across
-definitions), else by ``alias``.  libvirt stores the element under the
-namespace with the prefix ``vfmigrate`` (``virDomainSetMetadata``).
+**Which device an entry describes** (:func:`device_of`): the device whose
+``alias`` is the entry's alias; if no device has it (or the entry has none),
+the device whose MAC is the entry's MAC.  Where several entries describe one
+device, the last one counts (:func:`entry_of`).  An entry that describes no
+device holds a VF only while it travels (``replug``) or when a testbed
+simulates one (``device`` is a test-only kind).
+
+**Replug protocol** (``replug``, :data:`REPLUG_STATES`): ``vfmigrate migrate``
+sets ``on-arrival`` on the source after unplugging the VF (with ``address``,
+``device``, ``guest-address`` to plug it back); the destination's hook sets
+``pending`` when it claims a VF for the entry; the destination's listener
+plugs the VF in and drops ``replug``.  ``device`` says how to plug it:
+:data:`DEVICE_TYPES` (``stand-in``: a virtio NIC standing in for a VF in the
+namespaced testbed, only with ``allow_stand_ins = yes``; ``simulated``: a
+testbed VF with no device at all, never plugged).
+
+libvirt stores the element under the namespace with the prefix ``vfmigrate``
+(``virDomainSetMetadata``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from .domxml import DomainXML
-from .pci import PciAddress
-
 PREFIX = "vfmigrate"
 ENTRY_ATTRIBUTES = ("alias", "mac", "network", "vlan", "address", "device", "guest-address",
                     "bridge", "replug")
+REPLUG_STATES = ("on-arrival", "pending")
+DEVICE_TYPES = ("interface", "hostdev", "stand-in", "simulated")
+TEST_ONLY_DEVICE_TYPES = ("stand-in", "simulated")
+
+
+def device_of(entry: dict[str, str], devices: list) -> object | None:
+    """The device (anything with ``alias`` and ``mac``) this entry describes, or None."""
+    alias = entry.get("alias")
+    if alias:
+        found = next((device for device in devices if device.alias == alias), None)
+        if found is not None:
+            return found
+    mac = (entry.get("mac") or "").lower()
+    if mac:
+        return next((device for device in devices if device.mac == mac), None)
+    return None
+
+
+def entry_of(device, entries: list[dict[str, str]], devices: list) -> dict[str, str] | None:
+    """The entry that describes ``device`` (one of ``devices``), or None."""
+    return next((entry for entry in reversed(entries)
+                 if device_of(entry, devices) is device), None)
+
+
+def new_entry(device) -> dict[str, str]:
+    """An entry naming ``device`` the way it is best found again: by MAC (stable
+    across definitions) where it has one, else by alias."""
+    return {"mac": device.mac} if device.mac else {"alias": device.alias}
 
 
 def quoteattr(value: str) -> str:
@@ -43,8 +83,7 @@ def render(entries: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def labelled_entries(domain: DomainXML, network_of: Callable[[PciAddress], str | None]
-                     ) -> list[dict[str, str]] | None:
+def labelled_entries(domain, network_of) -> list[dict[str, str]] | None:
     """The guest's entries with every local VF device labelled with its network.
 
     ``network_of`` maps a host VF address to its network on this host (None
@@ -52,18 +91,17 @@ def labelled_entries(domain: DomainXML, network_of: Callable[[PciAddress], str |
     the metadata already says all of it.
     """
     entries = [dict(entry) for entry in domain.metadata_entries]
+    devices = [device for device in domain.devices if device.kind != "metadata"]
     changed = False
-    for device in domain.devices:
-        if device.kind == "metadata" or device.address is None:
+    for device in devices:
+        if device.address is None:
             continue
         network = network_of(device.address)
         if network is None or not (device.mac or device.alias):
             continue
-        entry = next((e for e in entries
-                      if (device.mac and e.get("mac", "").lower() == device.mac)
-                      or (device.alias and e.get("alias") == device.alias)), None)
+        entry = entry_of(device, entries, devices)
         if entry is None:
-            entry = {"mac": device.mac} if device.mac else {"alias": device.alias}
+            entry = new_entry(device)
             entries.append(entry)
         if entry.get("network") != network:
             entry["network"] = network

@@ -37,3 +37,32 @@ def test_rendered_metadata_is_read_back_by_the_parser():
     [device] = domxml.parse(xml).devices
     assert (device.kind, str(device.address), device.network, device.vlan, device.replug) == \
         ("metadata", "0000:3b:01.1", "physnet1", 12, "on-arrival")
+
+
+def with_vfs_element(xml: bytes, *entries: str) -> bytes:
+    element = (f"<metadata><vfmigrate:vfs xmlns:vfmigrate='{METADATA_NAMESPACE}'>"
+               + "".join(f"<vfmigrate:vf {entry}/>" for entry in entries)
+               + "</vfmigrate:vfs></metadata>")
+    return xml.replace(b"<memory", element.encode() + b"<memory", 1)
+
+
+def test_the_parser_and_the_writers_tie_entries_to_devices_alike():
+    """One rule (metadata.device_of): alias first, then MAC; the last entry for a device
+    counts.  Here one entry names device 0's alias with device 1's MAC, and device 1
+    has two entries: the parser's labels must be what the writer edits."""
+    base = teaming_guest("g", ["0000:3b:01.1", "0000:3b:01.2"])
+    devices = domxml.parse(base).devices
+    mac1 = devices[1].mac
+    xml = with_vfs_element(base, f"alias='ua-vf0' mac='{mac1}' network='first'",
+                           f"mac='{mac1.upper()}' network='second'",
+                           f"alias='ua-vf1' network='third'")
+    parsed = domxml.parse(xml)
+    assert [d.network for d in parsed.devices] == ["first", "third"]
+    entries = [dict(entry) for entry in parsed.metadata_entries]
+    for device in parsed.devices:
+        entry = metadata.entry_of(device, entries, parsed.devices)
+        assert entry["network"] == device.network
+    labelled = metadata.labelled_entries(parsed, lambda address: "physnet1")
+    relabelled = domxml.parse(with_vfs_element(
+        base, *(" ".join(f"{k}='{v}'" for k, v in entry.items()) for entry in labelled)))
+    assert [d.network for d in relabelled.devices] == ["physnet1", "physnet1"]
