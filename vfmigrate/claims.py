@@ -62,10 +62,28 @@ def reset_in_progress(claim: Claim, now: float, config: Config, lock_timeout: fl
             and now - claim.updated <= config.reset_timeout + lock_timeout + RESET_GRACE)
 
 
-class Change(record("Change", "event claim detail")):
-    """What a decision did to one claim (an Event, the Claim as it is now, why)."""
+class Change(record("Change", "event vf domain_name domain_uuid network detail claim")):
+    """One thing a decision did (or, in a dry run, would do) to a VF's claim, or reports
+    about a VF: the kind of event, the VF, its network, the guest, why, and the claim as
+    it is now (None where there is none).  The hook's decisions and the listener's
+    reconcile both return these."""
 
     __slots__ = ()
+
+    def __new__(cls, event, vf, domain_name, domain_uuid, network, detail, claim=None):
+        return super().__new__(cls, event, vf, domain_name, domain_uuid, network, detail,
+                               claim)
+
+    @classmethod
+    def of(cls, event, claim: Claim, detail: str) -> Change:
+        return cls(event, claim.vf, claim.domain_name, claim.domain_uuid, claim.network,
+                   detail, claim)
+
+    def line(self) -> str:
+        """One line for a listing (``vfmigrate reconcile``)."""
+        who = f"guest {self.domain_name}" if self.domain_name else "no guest"
+        return (f"{self.event.name.lower():<9} VF {self.vf} ({self.network or '-'}) {who}: "
+                f"{self.detail}")
 
 
 class Assignment(record("Assignment", "device vf claim")):
@@ -126,7 +144,7 @@ class Claims:
         """Release expired claims; return the claims that stay live."""
         expired = [claim for claim in claims if self.is_expired(claim, now)]
         for claim in self.ledger.set_state(expired, RELEASED, "expired: the guest never arrived"):
-            changes.append(Change(Event.EXPIRED, claim, "released: the guest it was "
+            changes.append(Change.of(Event.EXPIRED, claim, "released: the guest it was "
                                                      "reserved for never arrived"))
         return [claim for claim in claims if claim not in expired]
 
@@ -169,7 +187,7 @@ class Claims:
             stale_own = [claim for claim in live if claim.domain_uuid == domain.uuid]
             for claim in self.ledger.set_state(stale_own, RELEASED,
                                                f"superseded by a new {operation}"):
-                changes.append(Change(Event.RELEASED, claim, "released: the guest's earlier "
+                changes.append(Change.of(Event.RELEASED, claim, "released: the guest's earlier "
                                                       "reservation is superseded"))
             live = self._expire([c for c in live if c not in stale_own], now, changes)
             taken = {claim.vf for claim in live} | set(self._in_use_by_running(domain.uuid))
@@ -202,7 +220,7 @@ class Claims:
                                         reason=f"{operation}: for {device.describe()}")
                 taken.add(choice.address)
                 assignments.append(Assignment(device, choice, claim))
-                changes.append(Change(Event.RESERVED, claim,
+                changes.append(Change.of(Event.RESERVED, claim,
                                       f"reserved for its {device.describe(' on the source')}"))
         return assignments, changes
 
@@ -246,7 +264,7 @@ class Claims:
                                         domain_uuid=domain.uuid, domain_name=domain.name,
                                         state=ACTIVE, reason=f"start: {device.describe()}")
                 holders[vf.address] = claim
-                changes.append(Change(Event.ACTIVATED, claim,
+                changes.append(Change.of(Event.ACTIVATED, claim,
                                       f"claimed for its {device.describe()}"))
         return changes
 
@@ -255,14 +273,14 @@ class Claims:
         detail = f"no longer to be reset ({claim.reset_state}): {why}"
         released = self.ledger.set_state([claim], RELEASED, detail)
         self.ledger.mark_reset(claim.vf)
-        return [Change(Event.RELEASED, c, detail) for c in released]
+        return [Change.of(Event.RELEASED, c, detail) for c in released]
 
     def activate(self, domain_uuid: str, reason: str) -> list[Change]:
         """incoming → active for one guest (``started``, or arrival seen by the listener)."""
         with self.ledger.transaction():
             incoming = [c for c in self.ledger.claims_of(domain_uuid, strict=False)
                         if c.state == INCOMING]
-            return [Change(Event.ACTIVATED, claim, "is in use")
+            return [Change.of(Event.ACTIVATED, claim, "is in use")
                     for claim in self.ledger.set_state(incoming, ACTIVE, reason)]
 
     def release(self, domain_uuid: str, reason: str,
@@ -270,7 +288,7 @@ class Claims:
         """Release a guest's live claims (all of them, or those ``only`` selects)."""
         with self.ledger.transaction():
             claims = [c for c in self.ledger.claims_of(domain_uuid, strict=False) if only(c)]
-            return [Change(Event.RELEASED, claim, "released")
+            return [Change.of(Event.RELEASED, claim, "released")
                     for claim in self.ledger.set_state(claims, RELEASED, reason)]
 
     def reassert(self, domain: DomainXML) -> tuple[list[Change], list[VfmigrateError]]:
@@ -301,12 +319,12 @@ class Claims:
                 if holder is not None:
                     if holder.state == INCOMING and domain.uuid in self.running:
                         for claim in self.ledger.set_state([holder], ACTIVE, "reconnect: running"):
-                            changes.append(Change(Event.ACTIVATED, claim, "is in use"))
+                            changes.append(Change.of(Event.ACTIVATED, claim, "is in use"))
                     continue
                 claim = self.ledger.add(vf=vf.address, network=vf.network,
                                         domain_uuid=domain.uuid, domain_name=domain.name,
                                         state=ACTIVE, reason="reconnect: claim was missing")
                 holders[vf.address] = claim
-                changes.append(Change(Event.CORRECTED, claim,
+                changes.append(Change.of(Event.CORRECTED, claim,
                                       "had no claim: claimed for it now"))
         return changes, conflicts

@@ -173,10 +173,9 @@ class HookCall:
         """One sentence per change: "guest web1 is running: VF … of network … is in use"."""
         doing = doing or _DOING.get(self.operation, self.operation)
         for change in changes:
-            claim = change.claim
-            self.log.event(change.event, f"guest {domain.name} {doing}: VF {claim.vf} of "
-                           f"network {claim.network} {change.detail}",
-                           domain=domain.name, vf=claim.vf, network=claim.network)
+            self.log.event(change.event, f"guest {domain.name} {doing}: VF {change.vf} of "
+                           f"network {change.network} {change.detail}",
+                           domain=domain.name, vf=change.vf, network=change.network)
 
     def _log_skipped(self, inventory: Inventory) -> None:
         for problem in inventory.skipped:

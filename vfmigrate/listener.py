@@ -99,7 +99,8 @@ from .events import Event
 from .inventory import Inventory
 from .ledger import Ledger
 from .logs import event
-from .reconcile import Correction, Reconciler, vf_resetter
+from .claims import Change
+from .reconcile import Reconciler, vf_resetter
 from .virt import LibvirtHost, import_libvirt, silence_libvirt_stderr
 
 log = logging.getLogger("vfmigrate.listener")
@@ -499,7 +500,7 @@ class Listener:
 
     # -- actions -------------------------------------------------------------
 
-    def _log_corrections(self, corrections: list[Correction], context: str) -> None:
+    def _log_corrections(self, corrections: list[Change], context: str) -> None:
         for correction in corrections:
             level = logging.ERROR if correction.event in (Event.CONFLICT, Event.VANISHED) \
                 or correction.detail.startswith("reset failed") else logging.INFO
@@ -554,15 +555,15 @@ class Listener:
             readable.append(guest)
         return readable
 
-    def _known(self, corrections: list[Correction]) -> list[Correction]:
-        """Corrections without reconcile's own report of an unreadable guest (warned)."""
+    def _known(self, corrections: list[Change]) -> list[Change]:
+        """Changes without reconcile's own report of an unreadable guest (warned)."""
         return [c for c in corrections
                 if not (c.domain_uuid in self.unreadable and c.claim is None
                         and str(c.vf) == "-")]
 
     # -- actions -------------------------------------------------------------------
 
-    def reconcile_all(self, context: str) -> list[Correction]:
+    def reconcile_all(self, context: str) -> list[Change]:
         """The whole host, each guest fenced; also the saved definitions of guests that
         arrived while the listener was not there to see them arrive, and the VFs of a
         ``vfmigrate migrate`` that died after unplugging them."""
@@ -571,7 +572,7 @@ class Listener:
         for guest in readable:
             self._for_guest(guest.uuid, guest.name, "finishing an interrupted vfmigrate "
                             "migrate", self.recover_interrupted_migration)
-        corrections: list[Correction] = []
+        corrections: list[Change] = []
         try:
             # the function, not its result: reconcile snapshots the claims before it
             # lists the guests, so a guest starting meanwhile keeps its new claim
@@ -598,7 +599,7 @@ class Listener:
         self.reconciled = True
         return corrections
 
-    def reconcile_guest(self, uuid: str, context: str) -> list[Correction]:
+    def reconcile_guest(self, uuid: str, context: str) -> list[Change]:
         claims_before = self.reconciler.snapshot()   # before listing: see reconcile_all
         guests = self.host.active_guests()
         guest = next((g for g in guests if g.uuid == uuid), None)
@@ -671,8 +672,8 @@ class Listener:
                         self.clock)
         for change in claims.activate(uuid, "arrived: migration finished"):
             event(log, change.event, "guest %s arrived by migration: VF %s of network %s is "
-                  "in use", name, change.claim.vf, change.claim.network,
-                  domain=name, vf=change.claim.vf, network=change.claim.network)
+                  "in use", name, change.vf, change.network,
+                  domain=name, vf=change.vf, network=change.network)
         for what, step in (("fixing its saved definition", self.fix_persistent_definition),
                            ("plugging in its pending VFs", self.plug_pending_vfs),
                            ("labelling its VFs", self.label_guest)):

@@ -60,7 +60,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterable
 
 from . import domxml
-from .claims import reset_in_progress
+from .claims import Change, reset_in_progress
 from .config import Config
 from .errors import BadDomainXML, VfmigrateError
 from .events import Event
@@ -71,17 +71,6 @@ from .running import RunningGuest
 from .virt import Guest
 
 log = logging.getLogger(__name__)
-
-
-class Correction(namedtuple("Correction", "event vf domain_name domain_uuid network detail claim",
-                            defaults=(None,))):
-    """One thing reconcile changed (or, dry-run, would change) or reports."""
-
-    __slots__ = ()
-
-    def line(self) -> str:
-        who = f"guest {self.domain_name}" if self.domain_name else "no guest"
-        return f"{self.event.name.lower():<9} VF {self.vf} ({self.network or '-'}) {who}: {self.detail}"
 
 
 def _held_by(guest: Guest, *, allow_stand_ins: bool = False) -> RunningGuest:
@@ -193,7 +182,7 @@ class Reconciler:
                               for claim in self.ledger.live_claims(strict=False))
 
     def read_guests(self, guests: Iterable[Guest]
-                    ) -> tuple[list[RunningGuest], list[UnknownGuest], list[Correction]]:
+                    ) -> tuple[list[RunningGuest], list[UnknownGuest], list[Change]]:
         """The running guests whose XML can be read, those that cannot (running,
         unknown), and one warning for each of the latter."""
         parsed, unknown, problems = [], [], []
@@ -203,19 +192,19 @@ class Reconciler:
                     guest, allow_stand_ins=self.config.allow_stand_ins))
             except BadDomainXML as error:
                 unknown.append(UnknownGuest.from_guest(guest, str(error)))
-                problems.append(Correction(
+                problems.append(Change(
                     Event.CONFLICT, "-", guest.name, guest.uuid, None,
                     f"cannot read its XML: {error}; it is running, so its VFs stay claimed "
                     "and no VF it may hold is released or reset"))
         return parsed, unknown, problems
 
-    def guests_from(self, guests: Iterable[Guest]) -> tuple[list[RunningGuest], list[Correction]]:
+    def guests_from(self, guests: Iterable[Guest]) -> tuple[list[RunningGuest], list[Change]]:
         parsed, _, problems = self.read_guests(guests)
         return parsed, problems
 
     def plan(self, guests: list[RunningGuest], *, only_uuid: str | None = None,
              unknown: Iterable[UnknownGuest] = (),
-             claims_before: ClaimsSnapshot | None = None) -> list[Correction]:
+             claims_before: ClaimsSnapshot | None = None) -> list[Change]:
         """What to change so the ledger matches ``guests`` (all running guests,
         or, with ``only_uuid``, that guest alone: [] if it is not running).
 
@@ -232,10 +221,10 @@ class Reconciler:
         maybe_held = {address for guest in unknown for address in guest.mentioned}
         maybe_held |= {claim.vf for claim in claims if claim.domain_uuid in unknown_uuids}
         by_uuid = {guest.uuid: guest for guest in guests}
-        corrections: list[Correction] = []
+        corrections: list[Change] = []
         if only_uuid is None:
             for row, problem in sorted(bad_rows.items()):
-                corrections.append(Correction(
+                corrections.append(Change(
                     Event.CONFLICT, "-", None, None, None,
                     f"ledger {self.ledger.path} row {row} cannot be read ({problem}); no VF "
                     "is reset and none handed out until it is corrected or deleted"))
@@ -280,7 +269,7 @@ class Reconciler:
                 corrections.append(_release(claim, Event.CORRECTED,
                                             "the guest no longer holds this VF"))
             if inventory.find_vf(claim.vf) is None:
-                corrections.append(Correction(Event.VANISHED, claim.vf, claim.domain_name,
+                corrections.append(Change(Event.VANISHED, claim.vf, claim.domain_name,
                                               claim.domain_uuid, claim.network,
                                               "claimed VF is missing from sysfs", claim))
 
@@ -293,22 +282,22 @@ class Reconciler:
             claim = claim_of.get(address)
             if len(named_by) > 1:
                 names = ", ".join(sorted(g.name for g in named_by))
-                corrections.append(Correction(Event.CONFLICT, address, names, None, vf.network,
+                corrections.append(Change(Event.CONFLICT, address, names, None, vf.network,
                                               "several running guests name this VF"))
                 continue
             guest = named_by[0]
             if claim is None:
-                corrections.append(Correction(Event.CORRECTED, address, guest.name, guest.uuid,
+                corrections.append(Change(Event.CORRECTED, address, guest.name, guest.uuid,
                                               vf.network, "held without a claim: claim added"))
             elif claim.domain_uuid != guest.uuid:
-                corrections.append(Correction(
+                corrections.append(Change(
                     Event.CONFLICT, address, guest.name, guest.uuid, vf.network,
                     f"held by this guest but claimed by guest '{claim.domain_name}' ({claim.state})"))
         return corrections
 
     # -- applying -------------------------------------------------------------
 
-    def apply(self, corrections: list[Correction]) -> list[Correction]:
+    def apply(self, corrections: list[Change]) -> list[Change]:
         """Carry out the releases and additions of a plan in one transaction.
 
         A claim is released only if it is still exactly as planned: one a hook
@@ -340,7 +329,7 @@ class Reconciler:
 
     def reset_pending(self, *, dry_run: bool = False,
                       holders: set[PciAddress] | None = None,
-                      maybe_held: set[PciAddress] | None = None) -> list[Correction]:
+                      maybe_held: set[PciAddress] | None = None) -> list[Change]:
         """Reset every released VF that nobody holds or claims and that was not reset.
 
         ``holders``: VFs running guests hold (their resets are not owed any more);
@@ -351,7 +340,7 @@ class Reconciler:
         if self.ledger.unreadable_rows(live_only=True):
             return []   # a live row we cannot read may name any VF: reported by plan()
         inventory = self.inventory_factory()
-        done: list[Correction] = []
+        done: list[Change] = []
         pending: dict[PciAddress, Claim] = {}
         for claim in self.ledger.pending_resets(strict=False):
             pending.setdefault(claim.vf, claim)
@@ -386,7 +375,7 @@ class Reconciler:
                    for thread, hung_pf, _ in self._hung.values())
 
     def _start_reset(self, address: PciAddress, vf: VF | None, holders: set[PciAddress],
-                     maybe_held: set[PciAddress], done: list[Correction]) -> Claim | None:
+                     maybe_held: set[PciAddress], done: list[Change]) -> Claim | None:
         """In one short transaction: the reset claim to reset ``address`` under, or None
         if it is not to be reset now (in use, held back, gone, being reset elsewhere)."""
         with self.ledger.transaction():
@@ -410,7 +399,7 @@ class Reconciler:
                     self.ledger.set_state([claim], RELEASED, "reset given up: the VF is gone")
                 self.ledger.mark_reset(address)
                 about = pending[0] if pending else claim
-                done.append(Correction(Event.VANISHED, address, about.domain_name,
+                done.append(Change(Event.VANISHED, address, about.domain_name,
                                        about.domain_uuid, about.network,
                                        "released VF is gone from sysfs: nothing to reset"))
                 return None
@@ -450,7 +439,7 @@ class Reconciler:
             return _ResetOutcome(None, result["failure"])
         return _ResetOutcome(result.get("unsupported"), None)
 
-    def _finish_reset(self, claim: Claim, vf: VF, outcome: _ResetOutcome) -> Correction:
+    def _finish_reset(self, claim: Claim, vf: VF, outcome: _ResetOutcome) -> Change:
         """In one short transaction: record the outcome under the reset claim."""
         if outcome.failure is not None:
             detail = f"{RESET_FAILED}: {outcome.failure}; the VF stays out of use until a reset succeeds"
@@ -472,7 +461,7 @@ class Reconciler:
                     self.ledger.set_state([claim], RELEASED, "reset done")
                     self.ledger.mark_reset(vf.address)
         about = self._last_owner(vf.address) or claim
-        return Correction(Event.RESET, vf.address, about.domain_name, about.domain_uuid,
+        return Change(Event.RESET, vf.address, about.domain_name, about.domain_uuid,
                           about.network, detail)
 
     def _last_owner(self, address: PciAddress) -> Claim | None:
@@ -484,7 +473,7 @@ class Reconciler:
 
     def reconcile(self, guests: Iterable[Guest] | Callable[[], Iterable[Guest]], *,
                   only_uuid: str | None = None, dry_run: bool = False,
-                  claims_before: ClaimsSnapshot | None = None) -> list[Correction]:
+                  claims_before: ClaimsSnapshot | None = None) -> list[Change]:
         """Plan, apply, reset.  ``guests``: the running guests as libvirt lists them, or
         a function listing them (then the claims are snapshot first: exact)."""
         if callable(guests):
@@ -504,11 +493,11 @@ class Reconciler:
                                                        maybe_held=maybe_held)
 
 
-def _release(claim: Claim, event: Event, detail: str) -> Correction:
-    return Correction(event, claim.vf, claim.domain_name, claim.domain_uuid, claim.network,
+def _release(claim: Claim, event: Event, detail: str) -> Change:
+    return Change(event, claim.vf, claim.domain_name, claim.domain_uuid, claim.network,
                       detail, claim)
 
 
-def _reset_correction(claim: Claim, detail: str) -> Correction:
-    return Correction(Event.RESET, claim.vf, claim.domain_name, claim.domain_uuid,
+def _reset_correction(claim: Claim, detail: str) -> Change:
+    return Change(Event.RESET, claim.vf, claim.domain_name, claim.domain_uuid,
                       claim.network, detail)
