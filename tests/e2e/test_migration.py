@@ -177,8 +177,12 @@ def test_status_and_reconcile_commands_on_a_live_host(hosts):
 def test_the_hook_on_the_hosts_is_the_one_under_test(hosts):
     a, _ = hosts
     installed = installation().name == "installed package"
-    shebang = (a.host.hooks_dir / "qemu.d" / "vfmigrate").read_text().splitlines()[0]
-    assert shebang == ("#!/usr/bin/python3 -I" if installed else f"#!{sys.executable} -I")
+    hook = (a.host.hooks_dir / "qemu.d" / "vfmigrate").read_text().splitlines()
+    # the package's program starts Python without site and names its own directory
+    assert hook[0] == ("#!/usr/bin/python3 -IS" if installed else f"#!{sys.executable} -I")
+    if installed:
+        assert "sys.path[0:0] = ['/usr/lib/python3/dist-packages']  # vfmigrate-python-dirs" \
+            in hook
     listener = a.listener.args
     assert listener[-1] == ("/usr/libexec/vfmigrate/vfmigrate-listener" if installed
                             else str(Path(__file__).resolve().parents[2]
