@@ -125,7 +125,7 @@ def run_check(source, destination, domain_name: str, *, destination_uri: str,
         return report
     allow_stand_ins = bool(config and config.allow_stand_ins)
     parsed = domxml.parse(source.guest(uuid).xml, allow_stand_ins=allow_stand_ins)
-    inventory = Inventory(config.sysfs_root, config.networks.values()) if config else None
+    inventory = Inventory.of(config) if config else None
     for device in parsed.devices:
         report.devices.append(_check_device(device, inventory, config, include_devices))
     report.problems += [f"device {d.name}: {d.reason}" for d in report.devices

@@ -194,8 +194,8 @@ def _status(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     from .status import host_status
 
     config = configuration.load(path)
-    with Ledger(config.ledger_path, lock_timeout=config.lock_timeout) as ledger:
-        status = host_status(config, Inventory(config.sysfs_root, config.networks.values()),
+    with Ledger.of(config) as ledger:
+        status = host_status(config, Inventory.of(config),
                              ledger, running_guests(config.libvirt_run_dir,
                                                      allow_stand_ins=config.allow_stand_ins))
     if args.json:
@@ -274,7 +274,7 @@ def _reconcile(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     config = configuration.load(path)
     host = LibvirtHost.open(args.uri or config.libvirt_uri)
     try:
-        with Ledger(config.ledger_path, lock_timeout=config.lock_timeout) as ledger:
+        with Ledger.of(config) as ledger:
             reconciler = Reconciler(config, ledger, vf_netlink=vf_resetter(config))
             corrections = reconciler.reconcile(   # the function: claims are read first
                 host.active_guests, dry_run=args.dry_run)

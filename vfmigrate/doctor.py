@@ -131,7 +131,7 @@ def _check_networks(config: configuration.Config) -> Iterator[Finding]:
         yield Finding(WARN, "networks", f"{config.path} defines no [network NAME]: "
                       "this host can receive no VF guest")
         return
-    inventory = Inventory(config.sysfs_root, config.networks.values())
+    inventory = Inventory.of(config)
     for name in config.networks:
         try:
             vfs = inventory.vfs_of_network(name)
@@ -180,7 +180,7 @@ def _check_vfio(sysfs_root: Path, modules_dir: Path) -> Iterator[Finding]:
 
 def _check_ledger(config: configuration.Config) -> Iterator[Finding]:
     try:
-        with Ledger(config.ledger_path, lock_timeout=config.lock_timeout) as ledger:
+        with Ledger.of(config) as ledger:
             live = ledger.live_claims()
     except VfmigrateError as error:
         yield Finding(FAIL, "ledger", str(error))

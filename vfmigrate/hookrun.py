@@ -95,10 +95,8 @@ class HookCall:
         return configuration.load(configuration.config_path(None, self.environ))
 
     def _claims(self, config: configuration.Config) -> Claims:
-        sysfs_root = self.sysfs_root or config.sysfs_root
         if self.ledger is None:
-            self.ledger = Ledger(config.ledger_path, lock_timeout=config.lock_timeout,
-                                 clock=self.clock)
+            self.ledger = Ledger.of(config, self.clock)
         def load_running():
             problems: list[str] = []
             running = running_guests(config.libvirt_run_dir, problems,
@@ -108,7 +106,7 @@ class HookCall:
                 self.log.event(Event.CONFLICT, problem, priority=WARNING,
                                domain=self.domain_name)
             return running
-        return Claims(config, self.ledger, Inventory(sysfs_root, config.networks.values()),
+        return Claims(config, self.ledger, Inventory.of(config, self.sysfs_root),
                       load_running, self.clock)
 
     # -- operations ---------------------------------------------------------

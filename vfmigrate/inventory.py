@@ -57,6 +57,12 @@ def _matches(address: str, pattern: str) -> bool:
 
 
 class Inventory:
+    @classmethod
+    def of(cls, config, sysfs_root: str | None = None) -> Inventory:
+        """The inventory of a host's configured networks (under ``sysfs_root`` if given,
+        else the config's)."""
+        return cls(sysfs_root or config.sysfs_root, config.networks.values())
+
     def __init__(self, sysfs_root: str | os.PathLike,
                  networks: Iterable[NetworkConfig]) -> None:
         self.sysfs_root = os.fspath(sysfs_root)

@@ -190,6 +190,11 @@ class Claim(record("Claim", "id vf network domain_uuid domain_name state created
 
 
 class Ledger:
+    @classmethod
+    def of(cls, config, clock: "Callable[[], float]" = time.time) -> Ledger:
+        """The host's ledger, as its config places and times it."""
+        return cls(config.ledger_path, lock_timeout=config.lock_timeout, clock=clock)
+
     def __init__(self, path: str | os.PathLike, *, lock_timeout: float = 10.0,
                  clock: "Callable[[], float]" = time.time) -> None:
         self.path = os.fspath(path)

@@ -307,8 +307,7 @@ class Listener:
 
     def run(self) -> int:
         if self.ledger is None:
-            self.ledger = Ledger(self.config.ledger_path, lock_timeout=self.config.lock_timeout,
-                                 clock=self.clock)
+            self.ledger = Ledger.of(self.config, self.clock)
         self.reconciler = Reconciler(self.config, self.ledger, vf_netlink=self.vf_netlink,
                                      clock=self.clock)
         silence_libvirt_stderr(self.libvirt)
@@ -485,7 +484,7 @@ class Listener:
     def _udev(self, action: str, subsystem: str, sys_name: str) -> None:
         if action not in ("add", "remove"):
             return
-        inventory = Inventory(self.config.sysfs_root, self.config.networks.values())
+        inventory = Inventory.of(self.config)
         counts = ", ".join(f"{network}: {len(inventory.vfs_of_network(network))} VFs"
                            for network in self.config.networks)
         log.info("udev %s %s %s; inventory now %s", action, subsystem, sys_name,
@@ -647,7 +646,7 @@ class Listener:
         if guest is None:
             return False
         parsed = self._parse(guest.xml)
-        inventory = Inventory(self.config.sysfs_root, self.config.networks.values())
+        inventory = Inventory.of(self.config)
         entries = metadata.labelled_entries(parsed, self._network_of(inventory))
         if entries is None:
             return False
@@ -666,7 +665,7 @@ class Listener:
         from .running import running_guests
 
         claims = Claims(self.config, self.ledger,
-                        Inventory(self.config.sysfs_root, self.config.networks.values()),
+                        Inventory.of(self.config),
                         running_guests(self.config.libvirt_run_dir,
                                        allow_stand_ins=self.config.allow_stand_ins),
                         self.clock)
@@ -691,7 +690,7 @@ class Listener:
         if guest is None or b"hostdev" not in guest.xml:
             return
         parsed = self._parse(guest.xml)
-        inventory = Inventory(self.config.sysfs_root, self.config.networks.values())
+        inventory = Inventory.of(self.config)
         for device in parsed.devices:
             mac = parsed.teaming_mac(device) if device.kind == "hostdev" else None
             vf = inventory.find_vf(device.address) if mac and device.address else None

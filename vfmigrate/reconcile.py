@@ -167,7 +167,7 @@ class Reconciler:
         self.config = config
         self.ledger = ledger
         self.inventory_factory = inventory_factory or (
-            lambda: Inventory(config.sysfs_root, config.networks.values()))
+            lambda: Inventory.of(config))
         self.vf_netlink = vf_netlink
         self.clock = clock or ledger.clock
         self.reset_timeout = (reset_timeout if reset_timeout is not None

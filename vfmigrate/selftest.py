@@ -73,7 +73,7 @@ def _check_sysfs(config, check) -> None:
               f"in {config.path}")
         return
     try:
-        inventory = Inventory(config.sysfs_root, config.networks.values())
+        inventory = Inventory.of(config)
         vfs = sum(len(inventory.vfs_of_network(name)) for name in config.networks)
     except VfmigrateError as error:
         check("sysfs", False, str(error))
@@ -105,7 +105,7 @@ def _check_ledger(config, check) -> None:
     from .ledger import Ledger
 
     try:
-        with Ledger(config.ledger_path, lock_timeout=config.lock_timeout) as ledger:
+        with Ledger.of(config) as ledger:
             live = ledger.live_claims()
             try:
                 with ledger.transaction():
