@@ -100,8 +100,24 @@ from .inventory import Inventory
 from .ledger import Ledger
 from .logs import event
 from .claims import Change
+from .records import record
 from .reconcile import Reconciler, vf_resetter
 from .virt import LibvirtHost, import_libvirt, silence_libvirt_stderr
+
+
+# Work for the main thread.  libvirt's and udev's callbacks only make these and queue them.
+Reconcile = record("Reconcile", "context")                       # everything, after `context`
+Lifecycle = record("Lifecycle", "uuid name kind detail")         # a domain lifecycle event
+DeviceChanged = record("DeviceChanged", "uuid name alias change")  # change: removed/added
+RemovalFailed = record("RemovalFailed", "uuid name alias")       # the guest kept a device
+JobCompleted = record("JobCompleted", "uuid name params")        # a (migration) job ended
+ConnectionClosed = record("ConnectionClosed", "reason")          # libvirt closed on us
+UdevEvent = record("UdevEvent", "action subsystem sys_name")     # a PCI device came or went
+Watch = record("Watch", "")      # once a second while migrations or leases are watched
+
+
+def _what(item: object) -> str:
+    return type(item).__name__
 
 log = logging.getLogger("vfmigrate.listener")
 
@@ -210,25 +226,25 @@ class Listener:
     # -- libvirt callbacks (event-loop thread): enqueue only ----------------
 
     def _on_lifecycle(self, conn, dom, kind, detail, opaque) -> None:
-        self.work.put(("lifecycle", dom.UUIDString(), dom.name(), kind, detail))
+        self.work.put(Lifecycle(dom.UUIDString(), dom.name(), kind, detail))
 
     def _on_device_removed(self, conn, dom, alias, opaque) -> None:
-        self.work.put(("device-removed", dom.UUIDString(), dom.name(), alias))
+        self.work.put(DeviceChanged(dom.UUIDString(), dom.name(), alias, "removed"))
 
     def _on_device_added(self, conn, dom, alias, opaque) -> None:
-        self.work.put(("device-added", dom.UUIDString(), dom.name(), alias))
+        self.work.put(DeviceChanged(dom.UUIDString(), dom.name(), alias, "added"))
 
     def _on_device_removal_failed(self, conn, dom, alias, opaque) -> None:
-        self.work.put(("device-removal-failed", dom.UUIDString(), dom.name(), alias))
+        self.work.put(RemovalFailed(dom.UUIDString(), dom.name(), alias))
 
     def _on_job_completed(self, conn, dom, params, opaque) -> None:
-        self.work.put(("job-completed", dom.UUIDString(), dom.name(), dict(params)))
+        self.work.put(JobCompleted(dom.UUIDString(), dom.name(), dict(params)))
 
     def _on_close(self, conn, reason, opaque) -> None:
-        self.work.put(("connection-closed", reason))
+        self.work.put(ConnectionClosed(reason))
 
     def _on_udev(self, action: str, subsystem: str, sys_name: str) -> None:
-        self.work.put(("udev", action, subsystem, sys_name))
+        self.work.put(UdevEvent(action, subsystem, sys_name))
 
     # -- connection ----------------------------------------------------------
 
@@ -315,14 +331,14 @@ class Listener:
         if self.udev_watch is not None:
             self.stop_udev = self.udev_watch(self._on_udev)
         self._connect()
-        self.work.put(("reconcile", "start"))
+        self.work.put(Reconcile("start"))
         ready = False
         while not self.stopping:
             self._ping_watchdog()
             if (self.incoming or self.leased) \
                     and self.clock() - self.last_incoming_check >= 1.0:
                 self.last_incoming_check = self.clock()
-                self._handle_fenced(("watch",), count=False)
+                self._handle_fenced(Watch(), count=False)
             try:
                 item = self.work.get(timeout=0.5)
             except queue.Empty:
@@ -348,11 +364,11 @@ class Listener:
             self.handle(item)
             self.events_handled += count
         except LibvirtFailure as error:
-            log.error("%s: %s", item[0], error)
+            log.error("%s: %s", _what(item), error)
             if self.host is not None and not self._alive():
                 self._reconnect("libvirt connection lost")
         except VfmigrateError as error:
-            log.error("%s: %s", item[0], error)
+            log.error("%s: %s", _what(item), error)
         except Exception:
             log.exception("unexpected error handling %r", item)
 
@@ -367,7 +383,7 @@ class Listener:
               level=logging.WARNING)
         self._disconnect()
         self._connect()
-        self.work.put(("reconcile", "reconnect"))
+        self.work.put(Reconcile("reconnect"))
 
     def _update_status(self) -> None:
         """STATUS= for systemd; fenced: a ledger it cannot read is said, never fatal."""
@@ -390,26 +406,23 @@ class Listener:
     # -- work ------------------------------------------------------------------
 
     def handle(self, item: tuple) -> None:
-        kind = item[0]
-        if kind == "reconcile":
-            self.reconcile_all(item[1])
-        elif kind == "lifecycle":
-            self._lifecycle(*item[1:])
-        elif kind in ("device-removed", "device-added"):
-            uuid, name, alias = item[1:]
-            log.info("guest %s: device %s %s", name, alias, kind.split("-")[1])
-            self.reconcile_guest(uuid, f"{kind} {alias}")
-        elif kind == "device-removal-failed":
-            uuid, name, alias = item[1:]
-            event(log, Event.DETACHED, "guest %s refused to unplug device %s", name, alias,
-                  level=logging.WARNING, domain=name, alias=alias)
-        elif kind == "job-completed":
-            self._job_completed(*item[1:])
-        elif kind == "connection-closed":
-            self._reconnect(f"libvirt closed the connection (reason {item[1]})")
-        elif kind == "udev":
-            self._udev(*item[1:])
-        elif kind == "watch":
+        if isinstance(item, Reconcile):
+            self.reconcile_all(item.context)
+        elif isinstance(item, Lifecycle):
+            self._lifecycle(*item)
+        elif isinstance(item, DeviceChanged):
+            log.info("guest %s: device %s %s", item.name, item.alias, item.change)
+            self.reconcile_guest(item.uuid, f"device-{item.change} {item.alias}")
+        elif isinstance(item, RemovalFailed):
+            event(log, Event.DETACHED, "guest %s refused to unplug device %s", item.name,
+                  item.alias, level=logging.WARNING, domain=item.name, alias=item.alias)
+        elif isinstance(item, JobCompleted):
+            self._job_completed(*item)
+        elif isinstance(item, ConnectionClosed):
+            self._reconnect(f"libvirt closed the connection (reason {item.reason})")
+        elif isinstance(item, UdevEvent):
+            self._udev(*item)
+        elif isinstance(item, Watch):
             self._check_incoming()
             self._check_leased()
         else:

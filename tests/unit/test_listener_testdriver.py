@@ -18,7 +18,7 @@ from tests.unit.test_reconcile import FakeIPRoute
 from vfmigrate import logs
 from vfmigrate.events import Event
 from vfmigrate.ledger import ACTIVE
-from vfmigrate.listener import Listener, Notifier
+from vfmigrate.listener import DeviceChanged, JobCompleted, Listener, Notifier
 from vfmigrate.vfnetlink import VFNetlink
 
 libvirt = pytest.importorskip("libvirt")
@@ -150,9 +150,10 @@ def test_reset_through_netlink_after_stop(host, listener_run):
 def test_malformed_work_is_logged_not_fatal(host, listener_run):
     listener, connection, sent, notified, netlink_calls, udev = listener_run
     listener.work.put(("no-such-event", 1, 2))
-    listener.work.put(("lifecycle", "not-a-uuid"))
-    listener.work.put(("device-removed", "00000000-0000-0000-0000-000000000000", "x", "ua-x"))
-    wait_for(lambda: any("unexpected error handling ('lifecycle', 'not-a-uuid')" in e["MESSAGE"]
+    listener.work.put(JobCompleted("not-a-uuid", "x", None))   # params: not a dict
+    listener.work.put(DeviceChanged("00000000-0000-0000-0000-000000000000", "x", "ua-x",
+                                    "removed"))
+    wait_for(lambda: any("unexpected error handling JobCompleted(uuid='not-a-uuid'" in e["MESSAGE"]
                          for e in sent), what="error logged")
     assert any("ignoring unknown work item" in e["MESSAGE"] for e in sent)
     domain = connection.defineXML(hostdev_guest("vfguest", host.physnet1_vfs[1]))

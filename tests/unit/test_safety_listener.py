@@ -20,7 +20,7 @@ from tests.unit.test_listener_testdriver import (guest_xml, pipe_udev_watch, rem
 from tests.unit.test_reconcile import FakeIPRoute
 from vfmigrate import METADATA_NAMESPACE, logs
 from vfmigrate.ledger import ACTIVE
-from vfmigrate.listener import Listener, Notifier
+from vfmigrate.listener import DeviceChanged, Listener, Notifier, Reconcile
 from vfmigrate.vfnetlink import VFNetlink
 
 libvirt = pytest.importorskip("libvirt")
@@ -145,8 +145,9 @@ def test_a_guest_whose_xml_vfmigrate_rejects_does_not_keep_the_listener_from_rea
     assert "its VFs stay claimed" in warnings[0]
 
     # Later events for that guest add no warning and do not stop the listener.
-    run.listener.work.put(("device-removed", domain.UUIDString(), "unreadable", "hostdev0"))
-    run.listener.work.put(("reconcile", "test"))
+    run.listener.work.put(DeviceChanged(domain.UUIDString(), "unreadable", "hostdev0",
+                                         "removed"))
+    run.listener.work.put(Reconcile("test"))
     other = connection.defineXML(guest_xml("healthy", interface(host.physnet1_vfs[5],
                                                                 "52:54:00:00:00:05")))
     other.create()
@@ -159,7 +160,7 @@ def test_a_guest_whose_xml_vfmigrate_rejects_does_not_keep_the_listener_from_rea
     second.create()
     wait_for(lambda: run.messages("guest unreadable2", priority="4"),
              what="the warning for the guest started later")
-    run.listener.work.put(("reconcile", "test"))
+    run.listener.work.put(Reconcile("test"))
     wait_for(lambda: run.listener.work.empty(), what="the reconcile")
     assert len(run.messages("guest unreadable2", priority="4")) == 1
     assert run.messages("unexpected error") == []
@@ -240,7 +241,7 @@ def test_a_vf_the_admin_moved_in_the_saved_definition_stays_moved(host, connecti
     assert "function='0x4'" in before
     run = connection.start_listener()
     wait_for(lambda: "READY=1" in run.notified, what="READY=1")
-    run.listener.work.put(("reconcile", "reconnect"))
+    run.listener.work.put(Reconcile("reconnect"))
     wait_for(lambda: run.listener.work.empty(), what="the reconcile")
     assert saved_vf(domain) == before
     assert run.messages("saved definition") == []
