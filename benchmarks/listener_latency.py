@@ -47,7 +47,8 @@ def child(events: int) -> None:
     from tests.fakesysfs import E810, FakeSysfs
     from vfmigrate import config as configuration, hook, logs
     from vfmigrate.events import Event
-    from vfmigrate.listener import Listener, Notifier
+    from vfmigrate.listener import Listener
+    from vfmigrate.supervision import Notifier
 
     root = Path(tempfile.mkdtemp())
     vfs = FakeSysfs(root / "sys").add_pf(E810, "0000:3b:00.0", "ens1f0", 64)

@@ -369,7 +369,7 @@ def _check(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
 def _migrate(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
     from . import logs
     from .assisted import AssistedMigration, Options
-    from .listener import start_libvirt_event_loop
+    from .supervision import start_libvirt_event_loop
     from .virt import LibvirtHost, import_libvirt
 
     config = _optional_config(path)

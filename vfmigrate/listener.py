@@ -67,9 +67,9 @@ unplug completes only after the command gave up is plugged back when its
 DEVICE_REMOVED arrives, instead of being released and reset.  A guest whose
 command still runs is looked at every second.
 
-Threads, as in libvirt-python's ``examples/event-test.py``: libvirt's
-default event loop runs on a daemon thread named ``libvirt-event-loop``;
-pyudev's observer on its own.  Callbacks only put work on a queue; the main
+Threads (set up in :mod:`vfmigrate.supervision`), as in libvirt-python's
+``examples/event-test.py``: libvirt's default event loop runs on a daemon
+thread named ``libvirt-event-loop``; pyudev's observer on its own.  Callbacks only put work on a queue; the main
 thread does the work, one item at a time, so no callback ever blocks libvirt
 and the ledger is used from one thread.
 
@@ -87,7 +87,6 @@ import os
 import queue
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -100,24 +99,12 @@ from .inventory import Inventory
 from .ledger import Ledger
 from .logs import event
 from .claims import Change
-from .records import record
 from .reconcile import Reconciler, vf_resetter
+from .supervision import (ConnectionClosed, DeviceChanged, JobCompleted, Lifecycle,
+                          Notifier, Reconcile, RemovalFailed, UdevEvent, Watch, pyudev_watch,
+                          start_libvirt_event_loop, what_work)
 from .virt import LibvirtHost, import_libvirt, silence_libvirt_stderr
 
-
-# Work for the main thread.  libvirt's and udev's callbacks only make these and queue them.
-Reconcile = record("Reconcile", "context")                       # everything, after `context`
-Lifecycle = record("Lifecycle", "uuid name kind detail")         # a domain lifecycle event
-DeviceChanged = record("DeviceChanged", "uuid name alias change")  # change: removed/added
-RemovalFailed = record("RemovalFailed", "uuid name alias")       # the guest kept a device
-JobCompleted = record("JobCompleted", "uuid name params")        # a (migration) job ended
-ConnectionClosed = record("ConnectionClosed", "reason")          # libvirt closed on us
-UdevEvent = record("UdevEvent", "action subsystem sys_name")     # a PCI device came or went
-Watch = record("Watch", "")      # once a second while migrations or leases are watched
-
-
-def _what(item: object) -> str:
-    return type(item).__name__
 
 log = logging.getLogger("vfmigrate.listener")
 
@@ -127,69 +114,6 @@ PRUNE_AFTER = 30 * 86400   # released, reset claims are kept this long as histor
 # The saved definition's own record: which host checked its VFs after an arrival.
 SAVED_NAMESPACE = METADATA_NAMESPACE + "/saved-definition"
 SAVED_PREFIX = "vfmigrate-saved"
-
-_event_loop_lock = threading.Lock()
-_event_loop_started = False
-
-
-def start_libvirt_event_loop(libvirt) -> None:
-    """Register libvirt's default event implementation and run it on a daemon thread.
-
-    libvirt allows one default implementation per process, registered before
-    the first connection is opened; this is that process-wide start.
-    """
-    global _event_loop_started
-    with _event_loop_lock:
-        if _event_loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run_forever() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run_forever, name="libvirt-event-loop", daemon=True).start()
-        _event_loop_started = True
-
-
-class Notifier:
-    """sd_notify: READY, STATUS, WATCHDOG, STOPPING (no-op outside systemd)."""
-
-    def __init__(self, send: Callable[[str], object] | None = None,
-                 environ: dict[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
-        if send is None and environ.get("NOTIFY_SOCKET"):
-            try:
-                from systemd import daemon
-                send = daemon.notify
-            except ImportError:
-                send = None
-        self.send = send
-        usec = environ.get("WATCHDOG_USEC", "")
-        self.watchdog_interval = int(usec) / 1e6 / 3 if usec.isdigit() else None
-
-    def notify(self, state: str) -> None:
-        if self.send is not None:
-            self.send(state)
-
-
-def pyudev_watch(on_event: Callable[[str, str, str], None]) -> Callable[[], None]:
-    """Watch PCI and net devices with pyudev; returns a function that stops it."""
-    import pyudev
-
-    context = pyudev.Context()
-    monitor = pyudev.Monitor.from_netlink(context)
-    monitor.filter_by("pci")
-    monitor.filter_by("net")
-
-    def deliver(device) -> None:
-        on_event(device.action or "", device.subsystem or "", device.sys_name or "")
-
-    observer = pyudev.MonitorObserver(monitor, callback=deliver, name="udev-monitor")
-    observer.daemon = True
-    observer.start()
-    return observer.stop
-
 
 class Listener:
     def __init__(self, config: Config, *, uri: str | None = None, ledger: Ledger | None = None,
@@ -364,11 +288,11 @@ class Listener:
             self.handle(item)
             self.events_handled += count
         except LibvirtFailure as error:
-            log.error("%s: %s", _what(item), error)
+            log.error("%s: %s", what_work(item), error)
             if self.host is not None and not self._alive():
                 self._reconnect("libvirt connection lost")
         except VfmigrateError as error:
-            log.error("%s: %s", _what(item), error)
+            log.error("%s: %s", what_work(item), error)
         except Exception:
             log.exception("unexpected error handling %r", item)
 

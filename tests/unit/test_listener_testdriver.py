@@ -18,7 +18,8 @@ from tests.unit.test_reconcile import FakeIPRoute
 from vfmigrate import logs
 from vfmigrate.events import Event
 from vfmigrate.ledger import ACTIVE
-from vfmigrate.listener import DeviceChanged, JobCompleted, Listener, Notifier
+from vfmigrate.listener import Listener
+from vfmigrate.supervision import DeviceChanged, JobCompleted, Notifier
 from vfmigrate.vfnetlink import VFNetlink
 
 libvirt = pytest.importorskip("libvirt")

@@ -20,7 +20,8 @@ from tests.unit.test_listener_testdriver import (guest_xml, pipe_udev_watch, rem
 from tests.unit.test_reconcile import FakeIPRoute
 from vfmigrate import METADATA_NAMESPACE, logs
 from vfmigrate.ledger import ACTIVE
-from vfmigrate.listener import DeviceChanged, Listener, Notifier, Reconcile
+from vfmigrate.listener import Listener
+from vfmigrate.supervision import DeviceChanged, Notifier, Reconcile
 from vfmigrate.vfnetlink import VFNetlink
 
 libvirt = pytest.importorskip("libvirt")
