@@ -453,6 +453,47 @@ def _pci_from_attributes(attrs: dict[str, str], device: VFDevice) -> PciAddress:
         raise BadDomainXML(problem=f"<{device.kind}> source address: {error}") from None
 
 
+def mentioned_addresses(xml: bytes) -> set[PciAddress]:
+    """Every PCI address the raw bytes of a domain XML mention, read leniently.
+
+    For a guest whose XML vfmigrate rejects: ``<address>`` elements of any kind
+    (guest side too) with values read as libvirt reads them and also as plain
+    hex, and any ``DDDD:BB:SS.F`` text (metadata entries).  More addresses than
+    the guest holds is fine: they only hold back releases and resets, and keep a VF
+    from being handed out.  The one reading for XML that :func:`parse` refuses, by the
+    hook (libvirt's status files) and by the listener (libvirt's live XML)."""
+    import re   # only for XML already refused: the hook's usual path has no re
+
+    address_tag = re.compile(rb"<(?:[\w.-]+:)?address\b[^>]*>", re.IGNORECASE)
+    xml_attribute = re.compile(rb"""\b(domain|bus|slot|function)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+    sysfs_address = re.compile(rb"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
+    found: set[PciAddress] = set()
+    if isinstance(xml, str):
+        xml = xml.encode("utf-8", "surrogateescape")
+    for tag in address_tag.finditer(xml):
+        values: dict[str, list[int]] = {}
+        for match in xml_attribute.finditer(tag.group(0)):
+            raw = (match.group(2) if match.group(2) is not None else match.group(3)).strip()
+            readings = values.setdefault(match.group(1).decode(), [])
+            for base in (0, 16):
+                try:
+                    readings.append(int(raw.decode("ascii"), base))
+                except (ValueError, UnicodeDecodeError):
+                    pass
+        if "bus" not in values or "slot" not in values:
+            continue
+        for domain in values.get("domain", [0]):
+            for bus in values["bus"]:
+                for slot in values["slot"]:
+                    for function in values.get("function", [0]):
+                        if 0 <= domain <= 0xFFFF and 0 <= bus <= 0xFF and 0 <= slot <= 0x1F \
+                                and 0 <= function <= 7:
+                            found.add(PciAddress(domain, bus, slot, function))
+    for match in sysfs_address.finditer(xml):
+        found.add(PciAddress.parse(match.group(0).decode()))
+    return found
+
+
 def canonical_uuid(text: str) -> str:
     digits = text.replace("-", "").lower()
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

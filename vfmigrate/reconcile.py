@@ -54,7 +54,6 @@ wait too.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterable
@@ -89,50 +88,12 @@ class UnknownGuest(namedtuple("UnknownGuest", "uuid name mentioned problem")):
 
     @classmethod
     def from_guest(cls, guest: Guest, problem: str) -> "UnknownGuest":
-        return cls(guest.uuid, guest.name, frozenset(mentioned_addresses(guest.xml)), problem)
+        return cls(guest.uuid, guest.name, frozenset(domxml.mentioned_addresses(guest.xml)),
+                   problem)
 
 
 class ClaimsSnapshot(frozenset):
     """The live claims as they were before the guest list was taken: (id, updated)."""
-
-
-_ADDRESS_TAG = re.compile(rb"<(?:[\w.-]+:)?address\b[^>]*>", re.IGNORECASE)
-_XML_ATTRIBUTE = re.compile(rb"""\b(domain|bus|slot|function)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
-_SYSFS_ADDRESS = re.compile(rb"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
-
-
-def mentioned_addresses(xml: bytes) -> set[PciAddress]:
-    """Every PCI address the raw bytes of a domain XML mention, read leniently.
-
-    For a guest whose XML vfmigrate rejects: ``<address>`` elements of any kind
-    (guest side too) with values read as libvirt reads them and also as plain
-    hex, and any ``DDDD:BB:SS.F`` text (metadata entries).  More addresses than
-    the guest holds is fine: they only hold back releases and resets."""
-    found: set[PciAddress] = set()
-    if isinstance(xml, str):
-        xml = xml.encode("utf-8", "surrogateescape")
-    for tag in _ADDRESS_TAG.finditer(xml):
-        values: dict[str, list[int]] = {}
-        for match in _XML_ATTRIBUTE.finditer(tag.group(0)):
-            raw = (match.group(2) if match.group(2) is not None else match.group(3)).strip()
-            readings = values.setdefault(match.group(1).decode(), [])
-            for base in (0, 16):
-                try:
-                    readings.append(int(raw.decode("ascii"), base))
-                except (ValueError, UnicodeDecodeError):
-                    pass
-        if "bus" not in values or "slot" not in values:
-            continue
-        for domain in values.get("domain", [0]):
-            for bus in values["bus"]:
-                for slot in values["slot"]:
-                    for function in values.get("function", [0]):
-                        if 0 <= domain <= 0xFFFF and 0 <= bus <= 0xFF and 0 <= slot <= 0x1F \
-                                and 0 <= function <= 7:
-                            found.add(PciAddress(domain, bus, slot, function))
-    for match in _SYSFS_ADDRESS.finditer(xml):
-        found.add(PciAddress.parse(match.group(0).decode()))
-    return found
 
 
 class NoReset:

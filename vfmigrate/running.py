@@ -229,64 +229,8 @@ def _guest_from_unreadable(data: bytes) -> RunningGuest | None:
     if uuid is None or not lexical.is_uuid(uuid):
         return None
     name = _element_text(data, b"name", domain, len(data), _name_text)
-    addresses = set()
-    for tag in _address_tags(data, domain):
-        parts = _pci_parts(tag)
-        try:
-            addresses.add(PciAddress.from_xml_attributes(parts.get("domain"), parts.get("bus"),
-                                                         parts.get("slot"),
-                                                         parts.get("function")))
-        except ValueError:
-            continue
-    return RunningGuest(domxml.canonical_uuid(uuid), name or "?", frozenset(addresses))
-
-
-def _address_tags(data: bytes, start: int):
-    """Every ``<address`` + space ... ``>`` from ``start`` (``<address\\s[^>]*>``)."""
-    position = data.find(b"<address", start)
-    while position >= 0:
-        end = data.find(b">", position)
-        if end < 0:
-            return
-        if data[position + 8:position + 9] in _SPACE_BYTES:
-            yield data[position:end + 1]
-        position = data.find(b"<address", position + 1)
-
-
-def _pci_parts(tag: bytes) -> dict[str, str]:
-    """Leniently, the domain/bus/slot/function values anywhere in one tag: each
-    ``\\s KEY \\s* = \\s* QUOTE VALUE QUOTE`` with a value of at most 12 bytes and no
-    quote, ``<`` or ``>`` (the last one of a key wins)."""
-    parts = {}
-    for key in (b"domain", b"bus", b"slot", b"function"):
-        position = tag.find(key)
-        while position >= 0:
-            after = position + len(key)
-            value = _quoted_value(tag, after) if tag[position - 1:position] in _SPACE_BYTES \
-                and position > 0 else None
-            if value is not None:
-                parts[key.decode()] = value
-            position = tag.find(key, after)
-    return parts
-
-
-def _quoted_value(tag: bytes, position: int) -> str | None:
-    while tag[position:position + 1] in _SPACE_BYTES:
-        position += 1
-    if tag[position:position + 1] != b"=":
-        return None
-    position += 1
-    while tag[position:position + 1] in _SPACE_BYTES:
-        position += 1
-    quote = tag[position:position + 1]
-    if quote not in (b'"', b"'"):
-        return None
-    end = position + 1
-    while end < len(tag) and tag[end:end + 1] not in (b'"', b"'", b"<", b">"):
-        end += 1
-    if tag[end:end + 1] not in (b'"', b"'") or not 1 <= end - position - 1 <= 12:
-        return None
-    return tag[position + 1:end].decode(errors="replace")
+    return RunningGuest(domxml.canonical_uuid(uuid), name or "?",
+                        frozenset(domxml.mentioned_addresses(data[domain:])))
 
 
 class _Done(Exception):

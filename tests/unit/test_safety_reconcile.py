@@ -25,7 +25,8 @@ import pytest
 
 from vfmigrate.events import Event
 from vfmigrate.ledger import ACTIVE
-from vfmigrate.reconcile import Reconciler, mentioned_addresses
+from vfmigrate.domxml import mentioned_addresses
+from vfmigrate.reconcile import Reconciler
 from vfmigrate.vfnetlink import VFNetlink
 from vfmigrate.virt import Guest
 
