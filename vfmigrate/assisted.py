@@ -55,7 +55,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import METADATA_NAMESPACE, domxml, metadata, replug
+from . import METADATA_NAMESPACE, domxml, metadata, replug, standins
 from .check import CheckReport, run_check
 from .config import Config
 from .errors import LibvirtFailure, Refused, VfmigrateError, counted
@@ -288,7 +288,7 @@ class AssistedMigration:
             moving.append(MovingVF(
                 name=name, alias=_alias(element), mac=device.mac, address=device.address,
                 network=checked.network, vlan=device.vlan, guest_address=guest_address,
-                kind="stand-in" if stand_in else device.kind,
+                kind=standins.STAND_IN if stand_in else device.kind,
                 bridge=device.entry.get("bridge") if stand_in else None,
                 element=_attachable(element)))
         return moving

@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ElementTree
 from collections import namedtuple
 from dataclasses import dataclass, field
 
-from . import domxml
+from . import domxml, standins
 from .config import Config
 from .errors import counted
 from .inventory import Inventory
@@ -149,9 +149,8 @@ def _check_device(device: domxml.VFDevice, inventory: Inventory | None, config: 
         vf = inventory.find_vf(device.address)
         network = vf.network if vf else None
     if device.kind == "metadata":
-        what = "stand-in for a VF (testbed)" if device.entry.get("device") == "stand-in" \
-            else "VF held outside the device list"
-        return DeviceCheck(name, device.address, network, "assisted", what)
+        return DeviceCheck(name, device.address, network, "assisted",
+                           standins.describe(device))
     included = bool({device.alias, device.mac, str(device.address)} & include_devices)
     pci_class = _pci_class(config, device.address)
     if pci_class is not None and not pci_class.startswith("0x02") and not included:
@@ -201,7 +200,7 @@ def _check_capacity(report: CheckReport, destination, config: Config | None) -> 
     for device in report.devices:
         if device.path in ("teaming", "assisted") and device.network:
             needed[device.network] = needed.get(device.network, 0) + 1
-            if device.reason.startswith("stand-in"):
+            if device.reason == standins.STAND_IN_DESCRIPTION:
                 stand_ins.add(device.network)
     if not needed:
         return

@@ -16,15 +16,10 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from . import METADATA_NAMESPACE, domxml, metadata
-from .errors import LibvirtFailure, Refused
+from . import METADATA_NAMESPACE, domxml, metadata, standins
+from .errors import LibvirtFailure
 from .metadata import quoteattr
 from .pci import PciAddress
-
-
-class StandInsNotAllowed(Refused):
-    msg_fmt = ("guest '{domain}' has a stand-in VF ({mac}), which only testbeds use; set "
-               "allow_stand_ins = yes in the config to plug it")
 
 
 class Plugged(namedtuple("Plugged", "mac address device detail ok")):
@@ -48,13 +43,9 @@ def device_xml(entry: dict[str, str], address: PciAddress, *, domain: str,
     source = f"<source><address type='pci' {source_attrs}/></source>"
     if kind == "hostdev":
         return f"<hostdev mode='subsystem' type='pci' managed='yes'>{source}{guest}</hostdev>"
-    if kind == "simulated":
-        raise StandInsNotAllowed(domain=domain, mac=entry.get("mac"))
-    if kind == "stand-in":
-        if not allow_stand_ins:
-            raise StandInsNotAllowed(domain=domain, mac=entry.get("mac"))
-        return (f"<interface type='bridge'>{mac}<source bridge={quoteattr(entry['bridge'])}/>"
-                f"<model type='virtio'/>{guest}</interface>")
+    if standins.is_test_only(entry):
+        return standins.plug_xml(entry, mac=mac, guest=guest, domain=domain,
+                                 allow_stand_ins=allow_stand_ins)
     return f"<interface type='hostdev' managed='yes'>{mac}{source}{vlan}{guest}</interface>"
 
 
@@ -64,8 +55,8 @@ def pending_vfs(parsed: domxml.DomainXML) -> list[domxml.VFDevice]:
 
 
 def _already_plugged(device: domxml.VFDevice, live_xml: bytes, parsed: domxml.DomainXML) -> bool:
-    if device.entry.get("device") == "stand-in":
-        return device.mac is not None and f"<mac address='{device.mac}'/>".encode() in live_xml
+    if standins.is_stand_in(device):
+        return standins.plugged(device, live_xml)
     return device.address in parsed.pci_sources
 
 
@@ -88,7 +79,7 @@ def plug_pending(host, uuid: str, *, allow_stand_ins: bool) -> list[Plugged]:
             continue
         try:
             where = _attach(host, uuid, device, guest.name, allow_stand_ins, live=True)
-        except (LibvirtFailure, StandInsNotAllowed) as error:
+        except (LibvirtFailure, standins.StandInsNotAllowed) as error:
             results.append(Plugged(device.mac, device.address, device.entry.get("device"),
                                    str(error), False))
             continue

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vfmigrate.pci import PciAddress
-from vfmigrate.replug import StandInsNotAllowed, device_xml
+from vfmigrate.replug import device_xml
+from vfmigrate.standins import StandInsNotAllowed
 
 VF = PciAddress.parse("0000:5e:02.1")
 
