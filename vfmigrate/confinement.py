@@ -136,6 +136,13 @@ class Confinement:
         return f"{lsm}; " + "; ".join(daemon.describe() for daemon in self.daemons)
 
 
+def _selinux_file_label(path: Path) -> str | None:
+    try:
+        return os.getxattr(path, "security.selinux").decode(errors="replace")
+    except OSError:
+        return None
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text(errors="replace")
@@ -159,10 +166,18 @@ class ConfinementProbe:
 
     def __init__(self, *, procfs_root: Path = Path("/proc"),
                  securityfs_root: Path = Path("/sys/kernel/security"),
-                 sysfs_root: Path = Path("/sys")) -> None:
+                 sysfs_root: Path = Path("/sys"),
+                 read_file_label: Callable[[Path], str | None] | None = None) -> None:
         self.procfs_root = Path(procfs_root)
         self.securityfs_root = Path(securityfs_root)
         self.sysfs_root = Path(sysfs_root)
+        self.read_file_label = read_file_label or _selinux_file_label
+
+    def selinux_type(self, path: Path) -> str | None:
+        """The SELinux type of a file (``virt_hook_t``), None if it has no label."""
+        label = self.read_file_label(Path(path))
+        parts = (label or "").strip("\0\n").split(":")
+        return parts[2] if len(parts) >= 3 else None
 
     def lsms(self) -> tuple[str, ...]:
         text = _read(self.securityfs_root / "lsm")

@@ -302,13 +302,40 @@ def test_doctor_ok_line_and_missing_hook(kernel, hooks_dir):
                          "(enforce)")
 
 
-def test_doctor_warns_selinux_labels_are_not_checked(kernel, hooks_dir):
+def selinux_libvirtd(kernel: Kernel, labels: dict[str, str]):
+    """An SELinux host whose files have ``labels`` (path -> type)."""
     kernel.lsm("capability,selinux")
     kernel.process(812, "libvirtd", "system_u:system_r:virtd_t:s0-s0:c0.c1023")
-    [confinement, _] = hook_findings(installer(hooks_dir, kernel, Runner()))
-    assert confinement.level == WARN
-    assert "SELinux is active" in confinement.message
-    assert "does not check the hook's SELinux labels yet" in confinement.message
+    return ConfinementProbe(procfs_root=kernel.proc, securityfs_root=kernel.security,
+                            sysfs_root=kernel.sys, read_file_label=lambda path: (
+                                f"system_u:object_r:{labels[str(path)]}:s0"
+                                if str(path) in labels else None))
+
+
+def test_doctor_checks_the_selinux_labels_the_policy_needs(kernel, hooks_dir, tmp_path):
+    hook, state = hooks_dir / "qemu.d" / "vfmigrate", str(tmp_path / "state")
+    hook.write_text(HOOK_SOURCE.read_text())
+    hook.chmod(0o755)
+    labels = {str(hook): "virt_hook_t", state: "vfmigrate_var_lib_t"}
+    probe = selinux_libvirtd(kernel, labels)
+
+    def findings():
+        return hook_findings(HookInstaller(hooks_dir=hooks_dir, source=HOOK_SOURCE,
+                                           probe=probe, runner=Runner()), state_dir=state)
+
+    [confinement, selinux, proof] = findings()
+    assert confinement.level == OK and "SELinux is active" in confinement.message
+    assert (selinux.level, proof.level) == (OK, OK)
+    assert selinux.message.startswith(f"{hook} is virt_hook_t and {state} is "
+                                      "vfmigrate_var_lib_t")
+    labels[str(hook)] = "etc_t"          # copied in without restorecon
+    labels[state] = "var_lib_t"          # vfmigrate-selinux not installed
+    [_, hook_label, state_label, _] = findings()
+    assert hook_label.line() == (f"FAIL selinux: {hook} is labelled etc_t, not virt_hook_t: "
+                                 "libvirt's daemon may not execute it; run "
+                                 f"'restorecon -F {hook}'")
+    assert state_label.level == FAIL and "install vfmigrate-selinux and run " \
+        f"'restorecon -R {state}'" in state_label.message
 
 
 def test_doctor_warns_about_complain_mode(kernel, hooks_dir):
