@@ -62,6 +62,12 @@ def reset_in_progress(claim: Claim, now: float, config: Config, lock_timeout: fl
             and now - claim.updated <= config.reset_timeout + lock_timeout + RESET_GRACE)
 
 
+def awaits_its_guest(claim: Claim, now: float, config: Config) -> bool:
+    """An incoming claim younger than the reservation timeout: its guest may still be
+    arriving, running or not.  (The one expiry rule of the hook and of reconcile.)"""
+    return claim.state == INCOMING and now - claim.updated <= config.reservation_timeout
+
+
 class Change(record("Change", "event vf domain_name domain_uuid network detail claim")):
     """One thing a decision did (or, in a dry run, would do) to a VF's claim, or reports
     about a VF: the kind of event, the VF, its network, the guest, why, and the claim as
@@ -132,8 +138,7 @@ class Claims:
 
     def is_expired(self, claim: Claim, now: float) -> bool:
         """An incoming claim whose guest never arrived within the reservation timeout."""
-        return (claim.state == INCOMING
-                and now - claim.updated > self.config.reservation_timeout
+        return (claim.state == INCOMING and not awaits_its_guest(claim, now, self.config)
                 and claim.domain_uuid not in self.running)
 
     def _in_use_by_running(self, exclude_uuid: str) -> dict[PciAddress, RunningGuest]:

@@ -59,7 +59,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterable
 
 from . import domxml
-from .claims import Change, reset_in_progress
+from .claims import Change, awaits_its_guest, reset_in_progress
 from .config import Config
 from .errors import BadDomainXML, VfmigrateError
 from .events import Event
@@ -219,7 +219,7 @@ class Reconciler:
                 continue   # running, unknown: its claims stay
             guest = by_uuid.get(claim.domain_uuid)
             if guest is None:
-                if claim.state == INCOMING and now - claim.updated <= self.config.reservation_timeout:
+                if awaits_its_guest(claim, now, self.config):
                     pass
                 elif provable(claim):
                     detail = ("incoming claim expired: the guest never arrived"
@@ -231,8 +231,8 @@ class Reconciler:
                                             "the guest no longer holds this VF"))
             if inventory.find_vf(claim.vf) is None:
                 corrections.append(Change(Event.VANISHED, claim.vf, claim.domain_name,
-                                              claim.domain_uuid, claim.network,
-                                              "claimed VF is missing from sysfs", claim))
+                                          claim.domain_uuid, claim.network,
+                                          "claimed VF is missing from sysfs", claim))
 
         for address, named_by in sorted(holders.items()):
             vf = inventory.find_vf(address)
@@ -244,12 +244,12 @@ class Reconciler:
             if len(named_by) > 1:
                 names = ", ".join(sorted(g.name for g in named_by))
                 corrections.append(Change(Event.CONFLICT, address, names, None, vf.network,
-                                              "several running guests name this VF"))
+                                          "several running guests name this VF"))
                 continue
             guest = named_by[0]
             if claim is None:
                 corrections.append(Change(Event.CORRECTED, address, guest.name, guest.uuid,
-                                              vf.network, "held without a claim: claim added"))
+                                          vf.network, "held without a claim: claim added"))
             elif claim.domain_uuid != guest.uuid:
                 corrections.append(Change(
                     Event.CONFLICT, address, guest.name, guest.uuid, vf.network,
@@ -361,8 +361,8 @@ class Reconciler:
                 self.ledger.mark_reset(address)
                 about = pending[0] if pending else claim
                 done.append(Change(Event.VANISHED, address, about.domain_name,
-                                       about.domain_uuid, about.network,
-                                       "released VF is gone from sysfs: nothing to reset"))
+                                   about.domain_uuid, about.network,
+                                   "released VF is gone from sysfs: nothing to reset"))
                 return None
             reason = f"{RESETTING}: for at most {self.reset_timeout:g} s since {now:.0f}"
             if claim is None:
@@ -423,7 +423,7 @@ class Reconciler:
                     self.ledger.mark_reset(vf.address)
         about = self._last_owner(vf.address) or claim
         return Change(Event.RESET, vf.address, about.domain_name, about.domain_uuid,
-                          about.network, detail)
+                      about.network, detail)
 
     def _last_owner(self, address: PciAddress) -> Claim | None:
         """The guest claim the VF was last released from (for the report)."""
@@ -456,9 +456,9 @@ class Reconciler:
 
 def _release(claim: Claim, event: Event, detail: str) -> Change:
     return Change(event, claim.vf, claim.domain_name, claim.domain_uuid, claim.network,
-                      detail, claim)
+                  detail, claim)
 
 
 def _reset_correction(claim: Claim, detail: str) -> Change:
     return Change(Event.RESET, claim.vf, claim.domain_name, claim.domain_uuid,
-                      claim.network, detail)
+                  claim.network, detail)
