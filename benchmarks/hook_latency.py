@@ -79,7 +79,9 @@ def build_host(root: Path, python: str) -> tuple[Path, Path, list]:
                 ledger.set_state([claim], RELEASED, "benchmark history")
     lib = root / "lib"
     shutil.copytree(REPO / "vfmigrate", lib / "vfmigrate",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+                    ignore=shutil.ignore_patterns("__pycache__", "_build.py"))
+    # stamped as packaging/build does: the hook checks its files against the stamp
+    subprocess.run([sys.executable, str(REPO / "packaging/stamp-build"), str(lib)], check=True)
     subprocess.run([python, "-I", "-m", "compileall", "-q", str(lib)], check=True)
     hook = root / "vfmigrate-hook"
     with open(REPO / "hooks/qemu") as source, open(hook, "w") as program:

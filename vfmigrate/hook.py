@@ -64,13 +64,15 @@ def may_hold_vfs(xml: bytes) -> bool:
 
 def main(argv, stdin, stdout, *, stderr=None, environ=None, config=None,
          sysfs_root=None, ledger=None, clock=time.time, journal_sender=None,
-         journal_socket=None) -> int:
+         journal_socket=None, may_restart=False) -> int:
     """Run one hook call; returns the exit code.
 
     ``stdin``/``stdout`` are binary streams.  ``config`` (a Config) replaces
     the config file, ``sysfs_root`` its sysfs root, ``ledger`` (a Ledger) its
     ledger; ``journal_sender`` is python-systemd's ``sender_function`` and
     ``journal_socket`` where journald listens (absent: log to ``stderr``).
+    ``may_restart``: this is the hook's own process, which may start itself again when
+    its package is being replaced (:mod:`vfmigrate.buildcheck`).
     """
     stderr = stderr if stderr is not None else sys.stderr
     environ = os.environ if environ is None else environ
@@ -91,7 +93,19 @@ def main(argv, stdin, stdout, *, stderr=None, environ=None, config=None,
     operation = argv[2]
     if operation not in _OPERATIONS or not may_hold_vfs(xml):
         return 0
-    from .hookrun import HookCall
+    from . import buildcheck
+    problem = buildcheck.mismatch()      # the files before the imports …
+    if problem is None:
+        try:
+            from .hookrun import HookCall
+        except Exception as error:      # a module gone, or one of another build
+            problem = f"cannot import it: {type(error).__name__}: {error}"
+        else:
+            problem = buildcheck.mismatch()   # … and after: all of one build
+    if problem is not None:
+        if not may_restart:
+            environ = dict(environ, **{buildcheck.REEXEC_ENV: "1"})
+        return buildcheck.restart_or_refuse(argv, xml, problem, stderr, environ)
     call = HookCall(domain_name=argv[1], operation=operation, sub_operation=argv[3],
                     extra=argv[4] if len(argv) > 4 else "-", xml=xml, stdout=stdout,
                     stderr=stderr, environ=environ, config=config, sysfs_root=sysfs_root,
@@ -102,4 +116,4 @@ def main(argv, stdin, stdout, *, stderr=None, environ=None, config=None,
 
 def run() -> int:
     """Entry point of the installed hook executable."""
-    return main(sys.argv, sys.stdin.buffer, sys.stdout.buffer)
+    return main(sys.argv, sys.stdin.buffer, sys.stdout.buffer, may_restart=True)
