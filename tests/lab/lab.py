@@ -128,10 +128,14 @@ class L2GuestCrashed(LabError):
         super().__init__(f"{host}: L2 {guest}: {what}; console:\n{console_tail}")
 
 
-# An oops header ("invalid opcode: 0000 [#1]", "Oops: 0002 [#1]", "general protection
-# fault ... [#1]"), a BUG() or a panic.  Not "RIP:" alone: the RCU stall an L2 guest prints
-# right after a migration's switch-over carries a register dump too.
-GUEST_CRASH = re.compile(r"\[#\d+\]|kernel BUG at |Kernel panic - not syncing")
+# The kernel's first line about a fault ("BUG: kernel NULL pointer dereference", "BUG:
+# unable to handle page fault"), an oops header ("invalid opcode: 0000 [#1]", "Oops: 0002
+# [#1]", "general protection fault ... [#1]"), a BUG() or a panic.  Not "BUG: workqueue
+# lockup" or "BUG: soft lockup": a guest whose clock jumped at the switch-over may say
+# so.  Not "RIP:" alone: the RCU stall an L2 guest prints right after a migration's
+# switch-over carries a register dump too.
+GUEST_CRASH = re.compile(r"\] BUG: (kernel NULL pointer|unable to handle)|\[#\d+\]|"
+                         r"kernel BUG at |Kernel panic - not syncing")
 
 
 def guest_crash(console: str) -> str | None:
