@@ -32,6 +32,7 @@ import os
 from . import lexical
 from .errors import ConfigMissing, ConfigSyntaxError
 from .pci import PciAddress, is_pci_address
+from .records import record
 
 DEFAULT_CONFIG_PATH = "/etc/vfmigrate/vfmigrate.conf"
 CONFIG_ENV = "VFMIGRATE_CONFIG"
@@ -47,22 +48,14 @@ def is_network_label(name: str) -> bool:
     return name[:1] in lexical.ASCII_ALNUM and lexical.made_of(name, _LABEL_CHARACTERS, 1, 64)
 
 
-class NetworkConfig:
+class NetworkConfig(record("NetworkConfig", "name pfs allow_vfs deny_vfs")):
     """One ``[network NAME]``: PF specs (netdev names or PCI addresses), VF globs."""
 
-    __slots__ = ("name", "pfs", "allow_vfs", "deny_vfs")
+    __slots__ = ()
 
-    def __init__(self, name: str, pfs: tuple[str, ...], allow_vfs: tuple[str, ...] = (),
-                 deny_vfs: tuple[str, ...] = ()) -> None:
-        self.name, self.pfs, self.allow_vfs, self.deny_vfs = name, pfs, allow_vfs, deny_vfs
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, NetworkConfig) and all(
-            getattr(self, field) == getattr(other, field) for field in self.__slots__)
-
-    def __repr__(self) -> str:
-        return (f"NetworkConfig(name={self.name!r}, pfs={self.pfs!r}, "
-                f"allow_vfs={self.allow_vfs!r}, deny_vfs={self.deny_vfs!r})")
+    def __new__(cls, name: str, pfs: tuple[str, ...], allow_vfs: tuple[str, ...] = (),
+                deny_vfs: tuple[str, ...] = ()) -> NetworkConfig:
+        return super().__new__(cls, name, pfs, allow_vfs, deny_vfs)
 
 
 class Config:

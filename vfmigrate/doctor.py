@@ -124,20 +124,17 @@ def hook_findings(installer: HookInstaller, state_dir: str | None = None) -> lis
 def _selinux_findings(probe, hook, state_dir: str | None) -> Iterator[Finding]:
     """The labels Fedora's policy and the vfmigrate-selinux module need (packaging/README:
     argued from the policy, not yet proven on an SELinux host)."""
-    found = probe.selinux_type(hook)
-    if found != HOOK_SELINUX_TYPE:
-        yield Finding(FAIL, "selinux", f"{hook} is labelled {found or 'with no type'}, not "
+    hook_type = probe.selinux_type(hook)
+    state_type = probe.selinux_type(state_dir) if state_dir is not None else STATE_SELINUX_TYPE
+    if hook_type != HOOK_SELINUX_TYPE:
+        yield Finding(FAIL, "selinux", f"{hook} is labelled {hook_type or 'with no type'}, not "
                       f"{HOOK_SELINUX_TYPE}: libvirt's daemon may not execute it; run "
                       f"'restorecon -F {hook}'")
-    if state_dir is not None:
-        found = probe.selinux_type(state_dir)
-        if found != STATE_SELINUX_TYPE:
-            yield Finding(FAIL, "selinux", f"{state_dir} is labelled {found or 'with no type'}, "
-                          f"not {STATE_SELINUX_TYPE}: under virtqemud the hook may not write "
-                          "its ledger; install vfmigrate-selinux and run "
-                          f"'restorecon -R {state_dir}'")
-            return
-    if probe.selinux_type(hook) == HOOK_SELINUX_TYPE:
+    if state_type != STATE_SELINUX_TYPE:
+        yield Finding(FAIL, "selinux", f"{state_dir} is labelled {state_type or 'with no type'}, "
+                      f"not {STATE_SELINUX_TYPE}: under virtqemud the hook may not write its "
+                      f"ledger; install vfmigrate-selinux and run 'restorecon -R {state_dir}'")
+    if hook_type == HOOK_SELINUX_TYPE and state_type == STATE_SELINUX_TYPE:
         where = f" and {state_dir} is {STATE_SELINUX_TYPE}" if state_dir else ""
         yield Finding(OK, "selinux", f"{hook} is {HOOK_SELINUX_TYPE}{where}, as libvirt's "
                       "daemons need (from Fedora's policy; not yet proven on an SELinux host)")

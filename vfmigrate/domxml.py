@@ -57,6 +57,7 @@ from . import METADATA_NAMESPACE, lexical, metadata
 from .config import is_network_label
 from .errors import BadDomainXML, Refused
 from .pci import PciAddress
+from .records import record
 
 MAX_XML_BYTES = 2 * 1024 * 1024
 # libvirt reads its XML with libxml2, which stops at 256 levels; a domain status file
@@ -72,7 +73,6 @@ _NS_VFS = METADATA_NAMESPACE + " vfs"
 # The format of vfmigrate's metadata and the replug protocol: vfmigrate.metadata.
 REPLUG_STATES = metadata.REPLUG_STATES
 DEVICE_TYPES = metadata.DEVICE_TYPES
-TEST_ONLY_DEVICE_TYPES = metadata.TEST_ONLY_DEVICE_TYPES
 _NS_VF = METADATA_NAMESPACE + " vf"
 
 
@@ -86,22 +86,10 @@ class TestOnlyVF(Refused):
     __test__ = False   # not a pytest class
 
 
-class Span:
+class Span(record("Span", "start end")):
     """Byte range of a start tag, ``<`` to ``>`` inclusive."""
 
-    __slots__ = ("start", "end")
-
-    def __init__(self, start: int, end: int) -> None:
-        self.start, self.end = start, end
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Span) and (self.start, self.end) == (other.start, other.end)
-
-    def __hash__(self) -> int:
-        return hash((self.start, self.end))
-
-    def __repr__(self) -> str:
-        return f"Span({self.start}, {self.end})"
+    __slots__ = ()
 
 
 class VFDevice:
@@ -407,7 +395,7 @@ class _DomainParser:
                 # device since unplugged, which holds nothing.  Test-only kinds hold
                 # nothing on a host that does not allow them, even with replug: nothing
                 # could plug them in there.
-                test_only = entry.entry.get("device") in TEST_ONLY_DEVICE_TYPES
+                test_only = metadata.is_test_only(entry.entry)
                 if test_only and not self.allow_stand_ins:
                     self.test_only.append(entry)
                 elif entry.replug or test_only:
@@ -514,7 +502,7 @@ def _end_of_start_tag(data: bytes, start: int) -> int:
     raise BadDomainXML(problem="unterminated start tag")
 
 
-_SPACE = b" \t\n\r\f\v"          # what \s is in bytes
+_SPACE = lexical.BYTES_SPACE
 _NOT_IN_TAG_NAME = _SPACE + b"/>"
 _NOT_IN_NAME = _SPACE + b"=/>"
 

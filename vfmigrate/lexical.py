@@ -14,6 +14,7 @@ OCTAL_DIGITS = frozenset("01234567")
 HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 LOWER_HEX_DIGITS = frozenset("0123456789abcdef")
 ASCII_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+BYTES_SPACE = b" \t\n\r\f\v"     # what \s matches in a bytes pattern
 
 
 def made_of(text: str, allowed: frozenset, shortest: int = 1, longest: int = 1 << 30) -> bool:

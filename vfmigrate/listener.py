@@ -69,7 +69,8 @@ command still runs is looked at every second.
 
 Threads (set up in :mod:`vfmigrate.supervision`), as in libvirt-python's
 ``examples/event-test.py``: libvirt's default event loop runs on a daemon
-thread named ``libvirt-event-loop``; pyudev's observer on its own.  Callbacks only put work on a queue; the main
+thread named ``libvirt-event-loop``; pyudev's observer on its own.  Callbacks
+only put work on a queue; the main
 thread does the work, one item at a time, so no callback ever blocks libvirt
 and the ledger is used from one thread.
 

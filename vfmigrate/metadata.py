@@ -41,6 +41,11 @@ DEVICE_TYPES = ("interface", "hostdev", "stand-in", "simulated")
 TEST_ONLY_DEVICE_TYPES = ("stand-in", "simulated")
 
 
+def is_test_only(entry: dict[str, str]) -> bool:
+    """An entry of a test-only ``device`` kind (:mod:`vfmigrate.standins`)."""
+    return entry.get("device") in TEST_ONLY_DEVICE_TYPES
+
+
 def device_of(entry: dict[str, str], devices: list) -> object | None:
     """The device (anything with ``alias`` and ``mac``) this entry describes, or None."""
     alias = entry.get("alias")

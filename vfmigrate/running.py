@@ -47,7 +47,8 @@ from .errors import BadDomainXML
 from .pci import PciAddress
 from .records import record
 
-_SPACE = b" \t\n\r\f\v"          # what \s is in bytes
+_SPACE = lexical.BYTES_SPACE
+_AFTER_DOMAIN_NAME = b">" + _SPACE   # what ends the name in <domain …> or <domain>
 _UUID_CHARACTERS = lexical.HEX_DIGITS | {"-"}
 _VF_MARKERS = (b"hostdev", METADATA_NAMESPACE.encode())
 
@@ -66,12 +67,12 @@ class RunningGuest(record("RunningGuest", "uuid name held")):
 def _domain_start(data: bytes) -> int:
     """Where ``<domain`` followed by a space or ``>`` starts (``<domain[\\s>]``), or -1."""
     position = data.find(b"<domain")
-    while position >= 0 and data[position + 7:position + 8] not in (b">", *_SPACE_BYTES):
+    while position >= 0:
+        following = data[position + 7:position + 8]
+        if following and following in _AFTER_DOMAIN_NAME:
+            return position
         position = data.find(b"<domain", position + 1)
     return position
-
-
-_SPACE_BYTES = tuple(_SPACE[index:index + 1] for index in range(len(_SPACE)))
 
 
 def _element_text(data: bytes, tag: bytes, start: int, end: int, accept) -> str | None:

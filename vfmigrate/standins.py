@@ -28,11 +28,6 @@ class StandInsNotAllowed(Refused):
                "allow_stand_ins = yes in the config to plug it")
 
 
-def is_test_only(entry: dict[str, str]) -> bool:
-    """A metadata entry of a test-only kind."""
-    return entry.get("device") in TEST_ONLY_DEVICE_TYPES
-
-
 def is_stand_in(device) -> bool:
     """A VF device (:class:`vfmigrate.domxml.VFDevice`) that is a virtio stand-in."""
     return device.entry.get("device") == STAND_IN
