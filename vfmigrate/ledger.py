@@ -33,6 +33,13 @@ work around it (status, reconcile, the release of a stopping guest) pass
 A *live* row we cannot read may name any VF, possibly one in use, so the
 decisions that hand out a VF read strictly and refuse until it is fixed.
 
+The schema's version is SQLite's ``user_version`` (:data:`SCHEMA_VERSION`).  A
+newer one is refused with one line when the ledger is opened *and* in every
+transaction, so code older than the file changes nothing, also a listener that
+still runs the old code after an upgrade moved the schema under it.  A release
+that changes the schema adds a migration from the previous version that runs in
+one transaction when the new code first opens the ledger.
+
 SQLite errors are translated at this boundary: busy/locked (retried up to the
 lock timeout), corrupt, disk full, read-only, anything else; see
 :func:`classify`.
@@ -262,7 +269,10 @@ class Ledger:
     # -- schema ---------------------------------------------------------------
 
     def _refuse_newer_schema(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as error:
+            raise self._translate(error) from None
         if version > SCHEMA_VERSION:
             raise LedgerError(path=self.path, problem=(
                 f"schema version {version} is newer than this vfmigrate supports "
@@ -273,7 +283,6 @@ class Ledger:
         if version == SCHEMA_VERSION:
             return
         with self.transaction():
-            self._refuse_newer_schema()
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -447,6 +456,13 @@ class _Transaction:
             self.ledger._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
             raise self.ledger._translate(error) from None
+        try:
+            # A newer vfmigrate may have moved the schema since this connection opened
+            # (a listener still running the old code during an upgrade).
+            self.ledger._refuse_newer_schema()
+        except BaseException:
+            self.ledger._rollback()
+            raise
         return self.ledger
 
     def __exit__(self, kind, error, traceback) -> bool:

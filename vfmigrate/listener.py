@@ -92,7 +92,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from . import METADATA_NAMESPACE, assisted, domxml, metadata, replug
+from . import METADATA_NAMESPACE, __version__, assisted, domxml, metadata, replug
 from .config import Config
 from .errors import BadDomainXML, LibvirtFailure, VfmigrateError
 from .events import Event
@@ -271,6 +271,8 @@ class Listener:
             self._handle_fenced(item)
             if self.reconciled and not ready:
                 self.notifier.notify("READY=1")
+                event(log, Event.LISTENER, "vfmigrate %s is ready: claims reconciled with %s",
+                      __version__, self.uri)
                 ready = True
             try:
                 self._update_status()

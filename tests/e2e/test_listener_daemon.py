@@ -43,8 +43,9 @@ def test_journal_gets_structured_fields_from_hook_and_listener(hosts):
     reset = by_action["reset"]          # from the listener
     assert reset["VFMIGRATE_DOMAIN"] == "web1" and reset["LOGGER"] == "vfmigrate.listener"
     assert [e["MESSAGE"].split(" (")[0] for e in entries
-            if e.get("VFMIGRATE_ACTION") == "listener"][:2] == [
-        "listener starting", "connected to qemu:///system, 5 callbacks registered"]
+            if e.get("VFMIGRATE_ACTION") == "listener"][:3] == [
+        "listener starting", "connected to qemu:///system, 5 callbacks registered",
+        f"vfmigrate {vfmigrate.__version__} is ready: claims reconciled with qemu:///system"]
     assert {e["_HOSTNAME"] for e in entries} == {a.host.hostname}
 
 

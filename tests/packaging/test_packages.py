@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_package
+from tests.conftest import build_deb_from_history, build_package, git
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
 import changelog  # noqa: E402  packaging/changelog.py
@@ -334,32 +334,19 @@ def test_remove_keeps_the_ledger_and_purge_leaves_nothing(installed, deb):
     assert run(["dpkg-query", "-W", "vfmigrate"]).returncode != 0
 
 
-def _previous_deb(tmp_path: Path) -> Path:
+def _symlink_package(tmp_path: Path) -> Path:
     """The .deb of the last commit that shipped the hook as a symlink (debian/
     vfmigrate.links), as version 0.0.9 so that installing this tree's is an upgrade."""
     links = "packaging/debian/vfmigrate.links"
-    commit = run(["git", "-C", str(REPO), "rev-list", "-1", "HEAD", "--", links]).stdout.strip()
+    commit = git("rev-list", "-1", "HEAD", "--", links)
     assert commit, f"no commit has {links}"
     if run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}:{links}"]).returncode != 0:
         commit += "^"                          # that commit deleted it: take its parent
-    tree = tmp_path / "previous"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    init = tree / "vfmigrate/__init__.py"
-    init.write_text(re.sub(r'__version__ = ".*"', '__version__ = "0.0.9"', init.read_text()))
-    for argv in (["git", "init", "-q"], ["git", "add", "-A"]):
-        subprocess.run(argv, cwd=tree, check=True, capture_output=True)
-    env = dict(os.environ, PATH=SYSTEM_PATH, DEB_BUILD_OPTIONS="nocheck")
-    built = subprocess.run(["packaging/build", "deb"], cwd=tree, env=env, capture_output=True,
-                           text=True, timeout=900)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    return tree / built.stdout.strip().splitlines()[-1]
+    return build_deb_from_history(git("rev-parse", commit), tmp_path, version="0.0.9")
 
 
 def test_upgrade_from_the_symlink_package_leaves_a_real_file(deb, tmp_path):
-    previous = _previous_deb(tmp_path)
+    previous = _symlink_package(tmp_path)
     run(["apt-get", "purge", "-y", "vfmigrate"], timeout=600)
     try:
         old = run(["apt-get", "install", "-y", "--no-install-recommends", str(previous)],

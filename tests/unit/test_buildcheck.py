@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from vfmigrate import buildcheck, domxml
+from vfmigrate import __version__, buildcheck, domxml
 
 from .conftest import HOOK_SOURCE, PACKAGE_PARENT, REPO
 from .domains import plain_guest, teaming_guest
@@ -60,8 +60,8 @@ def test_a_half_replaced_package_starts_the_hook_once_more_then_refuses(host, tm
     assert (result.returncode, result.stdout) == (1, b"")
     assert result.stderr.decode() == (
         "vfmigrate: the vfmigrate package is being replaced or is broken (ledger.py is not "
-        "the one of vfmigrate 0.2.0); the guest stays where it is: migrate it again once the "
-        "package manager has finished, or reinstall vfmigrate\n")
+        f"the one of vfmigrate {__version__}); the guest stays where it is: migrate it again "
+        "once the package manager has finished, or reinstall vfmigrate\n")
     assert host.live_claims() == []
     # A start is let through (libvirt would fail the guest's start otherwise).
     result, _ = run(host, hook, "prepare", xml)

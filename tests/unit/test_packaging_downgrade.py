@@ -10,7 +10,11 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
+from vfmigrate.errors import LedgerError
 from vfmigrate.ledger import SCHEMA_VERSION
+from vfmigrate.pci import PciAddress
 
 from .domains import teaming_guest
 
@@ -64,3 +68,21 @@ def test_refusing_a_newer_ledger_leaves_its_file_byte_for_byte(host):
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     assert host.hook("migrate", GUEST).code == 5
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_an_open_ledger_refuses_to_write_once_a_newer_version_moved_its_schema(host):
+    """An upgrade's window between unpack and the listener's restart: the old
+    listener's connection was opened before the schema moved under it."""
+    path = host.state_dir / "ledger.sqlite3"
+    with host.ledger() as ledger:
+        _as_if_newer(path)
+        kept = _contents(path)
+        with pytest.raises(LedgerError) as refused:
+            with ledger.transaction():
+                ledger.add(vf=PciAddress.parse("0000:5e:02.3"), network="physnet1",
+                           domain_uuid="0e7d3a56-2f0b-4d71-8a4c-54b2a0f6c001",
+                           domain_name="web1", state="incoming", reason="test")
+        assert str(refused.value) == (
+            f"ledger {path}: schema version {NEWER} is newer than this vfmigrate "
+            f"supports ({SCHEMA_VERSION}); upgrade vfmigrate (the ledger is kept as it is)")
+    assert _contents(path) == kept == (NEWER, [(42,)], 0)
