@@ -6,7 +6,7 @@ Run outside CI (hours), as root, on an otherwise idle machine::
     python3 -m tests.lab.attribution table /var/tmp/attribution/results.jsonl [...]
 
 One lab (lab-a, lab-b: same L1 image, CPU model, L2 kernel as the lab tier; 4 VFs each,
-no VF denied) and four L2 guests, one per arm, that differ in one thing each:
+no VF denied) and five L2 guests, one per arm, that differ in one thing each:
 
 * ``virtio``      a guest with no VF (virtio only), ``virsh migrate --live``;
 * ``teamed``      a teamed VF guest (``<interface type='hostdev'>`` + ``<teaming>``),
@@ -14,7 +14,10 @@ no VF denied) and four L2 guests, one per arm, that differ in one thing each:
 * ``no-listener`` the same, with vfmigrate's listener stopped on both hosts for the
                   migration and until the guest is healthy again (no release, no reset of
                   the source's VF meanwhile);
-* ``assisted``    a VF guest without teaming moved with ``vfmigrate migrate``.
+* ``assisted``    a VF guest without teaming moved with ``vfmigrate migrate``;
+* ``virtio-paused`` the ``virtio`` guest's twin moved with ``virsh migrate`` without
+                  ``--live``: libvirt pauses it first, so every page is copied after its
+                  last write and QEMU's dirty-page tracking plays no part.
 
 The guests are booted once, one at a time, and kept paused (``virsh suspend``: a paused TCG
 guest costs no CPU) while another arm migrates; the arms take turns, one migration each per
@@ -60,6 +63,7 @@ class Arm:
     has_vf: bool
     how: str             # "virsh" or "vfmigrate"
     listener_stopped: bool = False
+    live: bool = True    # virsh migrate --live, or with the guest paused meanwhile
 
     def healthy(self, host: str) -> Callable[[dict], bool]:
         """A report of this guest, up on ``host`` (``lab-a``/``lab-b``) and using its
@@ -83,6 +87,8 @@ ARMS = (
         "198.51.100.33/24", True, "virsh", listener_stopped=True),
     Arm("assisted", "att-assisted", "hostdev", "52:54:00:2a:03:04", "198.51.100.34/24", True,
         "vfmigrate"),
+    Arm("virtio-paused", "att-paused", "virtio", "52:54:00:2a:03:05", "198.51.100.35/24",
+        False, "virsh", live=False),
 )
 
 
@@ -176,8 +182,8 @@ class Experiment:
         started = time.monotonic()
         try:
             if arm.how == "virsh":
-                source.virsh("migrate", "--live", arm.guest, self.uri_of(destination),
-                             timeout=1800)
+                source.virsh("migrate", *(["--live"] if arm.live else []), arm.guest,
+                             self.uri_of(destination), timeout=1800)
             else:
                 source.run(["vfmigrate", "migrate", arm.guest, self.uri_of(destination),
                             "--unplug-timeout", "300", "--replug-timeout", "600"],

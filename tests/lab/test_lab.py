@@ -22,6 +22,8 @@ import warnings
 
 import pytest
 
+from vfmigrate import __version__
+
 from . import lab
 from .scenario import (FO_MAC, HFO_MAC, HOOK, HOOK_STAGING, LAB_A, LAB_B,
                        LIBVIRTD_PROFILE_FILE, LIBVIRTD_PROFILE_LOCAL, PACKAGED_HOOK,
@@ -381,3 +383,66 @@ def proof_denial(line: str) -> bool:
     return ('operation="exec"' in line and 'profile="libvirtd"' in line
             and 'comm="sh"' in line
             and any(f'name="{path}"' in line for path in (HOOK, HOOK_STAGING, PACKAGED_HOOK)))
+
+
+# libvirt's call for a guest without VFs, in a loop until /root/stop-hook-loop exists:
+# one line per call, its exit status (the hook prints nothing for such a guest).
+HOOK_LOOP = ('while [ ! -e /root/stop-hook-loop ]; do '
+             'for call in "prepare begin" "start begin" "started begin" "stopped end" '
+             '"release end"; do '
+             f'{HOOK} upgrade-plain $call - < /root/upgrade-plain.xml >> /root/hook-loop.out '
+             '2>&1; echo "exit $?" >> /root/hook-loop.out; done; done')
+
+
+def listener_pid(host) -> str:
+    return host.run(["systemctl", "show", "-p", "MainPID", "--value",
+                     "vfmigrate-listener"]).stdout.strip()
+
+
+def test_package_upgrades_restart_the_listener_onto_the_new_code(hosts, built_deb,
+                                                                previous_release):
+    """On lab-a, a stock systemd host: the previous release is installed over this one
+    (a downgrade) and this one over it again, while libvirt's hook is called in a loop
+    for a guest without VFs and a guest runs.  Each time the package's postinst
+    restarts the listener onto the code it installed, the enabled hook is the new
+    program, and nothing is denied."""
+    a, b = hosts
+    old_version, old_deb = previous_release
+    for host in hosts:
+        mark_journal(host)
+    a.put(old_deb, "/root/previous.deb")
+    a.put(built_deb, "/root/current.deb")
+    a.put(vf_holder_xml("upgrade-plain", []).replace(   # as libvirt passes it, with a UUID
+        "</name>", "</name><uuid>5f0c1f4e-7d7b-4a57-9d8e-0c5b3a1e2f01</uuid>"),
+        "/root/upgrade-plain.xml")
+    a.put(vf_holder_xml("upgrade-running", []), "/root/upgrade-running.xml")
+    a.virsh("create", "/root/upgrade-running.xml", timeout=300)
+    a.run(["rm", "-f", "/root/stop-hook-loop", "/root/hook-loop.out"])
+    a.run(["systemd-run", "--collect", "--unit=vfmigrate-lab-hook-loop", "sh", "-c", HOOK_LOOP])
+    try:
+        for package, version in (("/root/previous.deb", old_version),
+                                 ("/root/current.deb", __version__)):
+            before = listener_pid(a)
+            started = time.monotonic()
+            a.run(["apt-get", "install", "-y", "--allow-downgrades", "-o",
+                   "Dpkg::Options::=--force-confold", package], timeout=1200)
+            FIGURES[f"apt-get install {version} with hooks running (s)"] = \
+                time.monotonic() - started
+            assert vfmigrate(a, "--version", code=0) == f"vfmigrate {version}\n"
+            assert a.run(["systemctl", "is-active", "vfmigrate-listener"]).stdout == "active\n"
+            assert listener_pid(a) not in (before, "0")
+            assert a.run(["cmp", HOOK, PACKAGED_HOOK], check=False).returncode == 0
+    finally:
+        a.run(["touch", "/root/stop-hook-loop"])
+    lab.wait(lambda: a.run(["systemctl", "is-active", "vfmigrate-lab-hook-loop"],
+                           check=False).stdout.strip() != "active", 120, "the hook loop to end")
+    ready = [entry["MESSAGE"] for entry in journal(a, "listener")
+             if entry["MESSAGE"].endswith(" is ready: claims reconciled with qemu:///system")]
+    assert ready[-1] == f"vfmigrate {__version__} is ready: claims reconciled with qemu:///system"
+    outcomes = a.get("/root/hook-loop.out").decode().splitlines()
+    assert len(outcomes) >= 10 and set(outcomes) == {"exit 0"}, outcomes[-10:]
+    FIGURES["hook calls for a guest without VFs during the two installs (count)"] = \
+        len(outcomes)
+    assert a.virsh("domstate", "upgrade-running").stdout.strip() == "running"
+    a.virsh("destroy", "upgrade-running")
+    assert_stock_libvirt(a, b, allowed_denial=proof_denial)
