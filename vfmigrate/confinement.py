@@ -446,13 +446,7 @@ class HookInstaller:
         restart_needed: tuple[str, ...] = ()
         if restart_hint and before is None and not other_qemu_hooks(self.hooks_dir):
             restart_needed = tuple(d.name for d in confinement.daemons if d.pid)
-        content = self.source.read_bytes()
-        if MARKER not in content:
-            raise HookNotOurs(path=self.source, what="no vfmigrate-hook marker line")
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        with _staging_dir(self.staging) as staging:
-            staged = staging / HOOK_NAME
-            _write_executable(staged, content)
+        with self._staged_copy() as staged:
             proofs = prove(staged, confinement, self.runner, hooks_dir=self.hooks_dir,
                            environ=self.environ, installed_path=target)
             if all(proof.passed for proof in proofs):
@@ -475,6 +469,13 @@ class HookInstaller:
             target.unlink(missing_ok=True)
         return EnableResult(False, target, confinement, proofs, replaced=before)
 
+    def _staged_copy(self) -> _staged_hook:
+        content = self.source.read_bytes()
+        if MARKER not in content:
+            raise HookNotOurs(path=self.source, what="no vfmigrate-hook marker line")
+        self.target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return _staged_hook(self.staging, content)
+
     def disable(self) -> str:
         """Remove the hook if it is vfmigrate's; returns what was done."""
         target = self.target
@@ -488,11 +489,21 @@ class HookInstaller:
         return f"hook disabled: removed {target} ({before})"
 
     def status(self) -> tuple[str, list[Proof], Confinement]:
-        """What is at the hook's path, and the proof on it as installed."""
+        """What is at the hook's path, and the proof on it as installed.  With no hook
+        there, the proof of the copy ``enable`` would install (staged, then removed), so
+        that what would keep it disabled is named (none without the package's hook or
+        without a qemu.d directory, which a diagnosis should not create)."""
         confinement = self.probe.probe()
         before = self._what_is_there()
-        if before is None or not os.access(self.target, os.X_OK):
-            return before or "missing", [], confinement
+        if before is None:
+            if not (self.source.is_file() and self.target.parent.is_dir()):
+                return "missing", [], confinement
+            with self._staged_copy() as staged:
+                return "missing", prove(staged, confinement, self.runner,
+                                        hooks_dir=self.hooks_dir, environ=self.environ,
+                                        installed_path=self.target), confinement
+        if not os.access(self.target, os.X_OK):
+            return before, [], confinement
         proofs = prove(self.target, confinement, self.runner, hooks_dir=self.hooks_dir,
                        environ=self.environ, installed_path=self.target)
         return before, proofs, confinement
@@ -525,6 +536,19 @@ class _staging_dir:
             _remove_staging(self.path)
         finally:
             os.close(self.fd)
+
+
+class _staged_hook(_staging_dir):
+    """The staging directory holding a copy of the hook: its path while inside."""
+
+    def __init__(self, path: Path, content: bytes) -> None:
+        super().__init__(path)
+        self.content = content
+
+    def __enter__(self) -> Path:
+        staged = super().__enter__() / HOOK_NAME
+        _write_executable(staged, self.content)
+        return staged
 
 
 def _remove_staging(path: Path) -> None:

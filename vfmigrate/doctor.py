@@ -103,8 +103,12 @@ def hook_findings(installer: HookInstaller, state_dir: str | None = None) -> lis
     if confinement.selinux and what != "missing":
         findings.extend(_selinux_findings(installer.probe, hook, state_dir))
     if what == "missing":
+        causes = [cause for proof in proofs if not proof.passed for cause in proof.causes]
         findings.append(Finding(FAIL, "hook", f"{hook} is missing: libvirt runs no vfmigrate "
-                                "hook; enable it with 'vfmigrate hook enable'"))
+                                "hook; " + ("'vfmigrate hook enable' will not enable it "
+                                            "until what follows is fixed" if causes
+                                            else "enable it with 'vfmigrate hook enable'")))
+        findings.extend(Finding(FAIL, "hook", cause) for cause in causes)
         return findings
     if not proofs:
         findings.append(Finding(FAIL, "hook", f"{hook} ({what}) is not executable: run "

@@ -265,6 +265,24 @@ def vf_without_teaming_moves_with_vfmigrate_migrate(a, b):
     assert claims(b) == [("plain", b.vfs[1], "active")]
     lab.wait(lambda: claims(a) == [], 120, "lab-a to drop its claim")
 
+    # lab-a's QEMU killed (kill -9 of the pid libvirt wrote for it) once memory is being
+    # sent, which starts only after the guest let go of its VF (issue 13: an earlier kill
+    # found by name hit other processes): the migration fails, the VF goes back into the
+    # guest on lab-b, and lab-a holds nothing.
+    b.run(["setsid", "-f", "sh", "-c", f"vfmigrate migrate plain {URI_A} --bandwidth 4 "
+           "--unplug-timeout 300 > /tmp/killed.log 2>&1; echo \"exit $?\" >> /tmp/killed.log"])
+    lab.wait(lambda: memory_processed(b, "plain") > 0, 600, "lab-b to start sending memory")
+    a.run(["sh", "-c", "kill -9 $(cat /run/libvirt/qemu/plain.pid)"])
+    lab.wait(lambda: "exit " in b.run(["cat", "/tmp/killed.log"]).stdout, 900,
+             "vfmigrate migrate to end")
+    killed = b.run(["cat", "/tmp/killed.log"]).stdout
+    assert killed.endswith("exit 1\n") and "plugged back in" in killed, killed
+    assert b.virsh("domstate", "plain").stdout.strip() == "running"
+    assert hostdev_source(b, "plain") == b.vfs[1]
+    next_report(b, "plain", lambda r: vf_up(r, LAB_A, PLAIN_MAC), 900)
+    assert claims(b) == [("plain", b.vfs[1], "active")]
+    lab.wait(lambda: claims(a) == [], 120, "lab-a to hold no claim")
+
     # Baseline: the same guest without its VF (and without vfmigrate's label), migrated
     # back with a plain virsh migrate.
     b.virsh("detach-device-alias", "plain", vf_alias(b, "plain"), "--live")
@@ -336,6 +354,7 @@ def test_without_its_apparmor_provision_the_hook_stays_off_and_guests_run(hosts)
         doctor = vfmigrate(a, "doctor", code=1)
         hook_line = next(line for line in doctor.splitlines() if line.startswith("FAIL hook:"))
         assert HOOK in hook_line and "'vfmigrate hook enable'" in hook_line, doctor
+        assert fix.group(1) in doctor, doctor     # the cause and its fix, as enable names them
         assert "confined by AppArmor profile libvirtd (enforce)" in doctor, doctor
 
         # The fix, as printed.

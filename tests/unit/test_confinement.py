@@ -302,6 +302,32 @@ def test_doctor_ok_line_and_missing_hook(kernel, hooks_dir):
                          "(enforce)")
 
 
+def test_doctor_names_what_keeps_a_missing_hook_disabled(kernel, hooks_dir):
+    """After a postinst whose proof failed: the copy enable would install is proven
+    (staged, then removed) and each cause is named with its fix."""
+    apparmor_libvirtd(kernel)
+    runner = Runner(denied=True)
+    findings = hook_findings(installer(hooks_dir, kernel, runner))
+    target = hooks_dir / "qemu.d" / "vfmigrate"
+    assert [finding.line() for finding in findings[1:]] == [
+        f"FAIL hook: {target} is missing: libvirt runs no vfmigrate hook; 'vfmigrate hook "
+        "enable' will not enable it until what follows is fixed",
+        f"FAIL hook: libvirtd's AppArmor profile (enforce) does not let it execute {target}: "
+        f"allow it with '{local_rule(hooks_dir)}' in /etc/apparmor.d/local/usr.sbin.libvirtd, "
+        "reload with 'apparmor_parser -r /etc/apparmor.d/usr.sbin.libvirtd', then run "
+        "'vfmigrate hook enable'"]
+    assert runner.calls[0][-1] == str(hooks_dir / "qemu.d" / STAGING_DIR / "vfmigrate")
+    assert os.listdir(hooks_dir / "qemu.d") == []       # nothing left for libvirt to run
+
+
+def test_doctor_creates_no_qemu_d_to_prove_a_copy(kernel, tmp_path):
+    apparmor_libvirtd(kernel)
+    runner = Runner(denied=True)
+    [_, missing] = hook_findings(installer(tmp_path / "hooks", kernel, runner))
+    assert missing.message.endswith("enable it with 'vfmigrate hook enable'")
+    assert runner.calls == [] and not (tmp_path / "hooks").exists()
+
+
 def selinux_libvirtd(kernel: Kernel, labels: dict[str, str]):
     """An SELinux host whose files have ``labels`` (path -> type)."""
     kernel.lsm("capability,selinux")
