@@ -8,13 +8,12 @@ Each method returns what it changed as :class:`Change` records; the caller
 logs them only after the transaction committed, so the journal never tells of
 a claim that was rolled back.
 
-VFs under a *reset claim* (vfmigrate resetting them, or a reset that failed:
-see :mod:`vfmigrate.ledger`) are claimed, so no selection hands them out.  A
-guest that starts naming one takes it over only once no reset is running on
-it (a failed or abandoned reset): its own settings come with it.  A
-``managed='no'`` device gets only a VF already bound to vfio-pci, because
-libvirt will not rebind it.  A ledger row that cannot be read refuses every
-decision that hands out a VF (it may name any VF); releases still work.
+Who holds a VF, which claim is stale and what stands in a guest's way is
+decided by :mod:`vfmigrate.ownership`, the rule reconcile follows too.  VFs under
+a *reset claim* (see :mod:`vfmigrate.ledger`) are claimed, so no selection hands
+them out.  A ``managed='no'`` device gets only a VF already bound to vfio-pci,
+because libvirt will not rebind it.  A ledger row that cannot be read refuses
+every decision that hands out a VF (it may name any VF); releases still work.
 """
 
 from __future__ import annotations
@@ -24,8 +23,9 @@ from .domxml import DomainXML, VFDevice
 from .errors import (NoFreeVF, Refused, UnknownNetwork, UnlabelledDevice, VFTaken,
                      VfmigrateError, counted)
 from .inventory import VF, Inventory
-from .ledger import ACTIVE, INCOMING, RELEASED, RESETTING, Claim, Ledger
-from .events import Event
+from .ledger import ACTIVE, INCOMING, RELEASED, Claim, Ledger
+from .events import Event, EventKind
+from .ownership import Snapshot
 from .pci import PciAddress
 from .records import record
 from .running import RunningGuest
@@ -51,21 +51,6 @@ class NoVfioVF(Refused):
 
 
 VFIO_DRIVER = "vfio-pci"
-# How long a reset claim in state "resetting" may be before it counts as left behind
-# by a process that died mid-reset, beyond the reset timeout and the lock timeout.
-RESET_GRACE = 5.0
-
-
-def reset_in_progress(claim: Claim, now: float, config: Config, lock_timeout: float) -> bool:
-    """A reset claim whose reset may still be running (not failed, not abandoned)."""
-    return (claim.reset_state == RESETTING
-            and now - claim.updated <= config.reset_timeout + lock_timeout + RESET_GRACE)
-
-
-def awaits_its_guest(claim: Claim, now: float, config: Config) -> bool:
-    """An incoming claim younger than the reservation timeout: its guest may still be
-    arriving, running or not.  (The one expiry rule of the hook and of reconcile.)"""
-    return claim.state == INCOMING and now - claim.updated <= config.reservation_timeout
 
 
 class Change(record("Change", "event vf domain_name domain_uuid network detail claim")):
@@ -136,22 +121,42 @@ class Claims:
         raise UnlabelledDevice(device=device.describe(), domain=domain.name,
                                count=len(networks), configured=", ".join(sorted(networks)))
 
-    def is_expired(self, claim: Claim, now: float) -> bool:
-        """An incoming claim whose guest never arrived within the reservation timeout."""
-        return (claim.state == INCOMING and not awaits_its_guest(claim, now, self.config)
-                and claim.domain_uuid not in self.running)
+    def _snapshot(self, claims: list[Claim],
+                  running: Mapping[str, RunningGuest] | Callable[[], Mapping[str, RunningGuest]]
+                  ) -> Snapshot:
+        return Snapshot(self.config, claims, running, self.clock(), self.ledger.lock_timeout)
 
-    def _in_use_by_running(self, exclude_uuid: str) -> dict[PciAddress, RunningGuest]:
-        return {address: guest for guest in self.running.values()
-                if guest.uuid != exclude_uuid for address in guest.held}
+    def _release(self, snapshot: Snapshot, claims: list[Claim], reason: str,
+                 event: EventKind, detail: str) -> list[Change]:
+        """Release ``claims``, which then hold no VF in ``snapshot``."""
+        for claim in claims:
+            del snapshot.claim_of[claim.vf]
+        return [Change.of(event, claim, detail)
+                for claim in self.ledger.set_state(claims, RELEASED, reason)]
 
-    def _expire(self, claims: list[Claim], now: float, changes: list[Change]) -> list[Claim]:
-        """Release expired claims; return the claims that stay live."""
-        expired = [claim for claim in claims if self.is_expired(claim, now)]
-        for claim in self.ledger.set_state(expired, RELEASED, "expired: the guest never arrived"):
-            changes.append(Change.of(Event.EXPIRED, claim, "released: the guest it was "
-                                                     "reserved for never arrived"))
-        return [claim for claim in claims if claim not in expired]
+    def _expire(self, snapshot: Snapshot) -> list[Change]:
+        """Release the incoming claims whose guest never arrived.  (An active claim whose
+        guest is not running may be one between its ``prepare`` and its ``start`` hook:
+        the hook leaves stale active claims to reconcile.)"""
+        expired = [claim for claim in snapshot.claim_of.values()
+                   if claim.state == INCOMING and snapshot.is_stale(claim)]
+        return self._release(snapshot, expired, "expired: the guest never arrived",
+                             Event.EXPIRED, "released: the guest it was reserved for never "
+                                            "arrived")
+
+    def _named_vfs(self, domain: DomainXML) -> Iterator[tuple[VFDevice, VF]]:
+        """The devices of the guest that name a VF of ours, with that VF."""
+        for device in domain.devices:
+            vf = self.inventory.find_vf(device.address) if device.address else None
+            if vf is not None:
+                yield device, vf
+
+    def _claim_active(self, snapshot: Snapshot, domain: DomainXML, vf: VF, reason: str
+                      ) -> Claim:
+        claim = self.ledger.add(vf=vf.address, network=vf.network, domain_uuid=domain.uuid,
+                                domain_name=domain.name, state=ACTIVE, reason=reason)
+        snapshot.claim_of[vf.address] = claim
+        return claim
 
     # -- decisions ----------------------------------------------------------
 
@@ -184,18 +189,16 @@ class Claims:
         """
         if domain.uuid in self.running:
             raise AlreadyRunningHere(domain=domain.name, uuid=domain.uuid)
-        changes: list[Change] = []
         assignments: list[Assignment] = []
         with self.ledger.transaction():
-            now = self.clock()
-            live = self.ledger.live_claims()
-            stale_own = [claim for claim in live if claim.domain_uuid == domain.uuid]
-            for claim in self.ledger.set_state(stale_own, RELEASED,
-                                               f"superseded by a new {operation}"):
-                changes.append(Change.of(Event.RELEASED, claim, "released: the guest's earlier "
-                                                      "reservation is superseded"))
-            live = self._expire([c for c in live if c not in stale_own], now, changes)
-            taken = {claim.vf for claim in live} | set(self._in_use_by_running(domain.uuid))
+            snapshot = self._snapshot(self.ledger.live_claims(), self.running)
+            earlier = [claim for claim in snapshot.claim_of.values()
+                       if claim.domain_uuid == domain.uuid]
+            changes = self._release(snapshot, earlier, f"superseded by a new {operation}",
+                                    Event.RELEASED, "released: the guest's earlier "
+                                                    "reservation is superseded")
+            changes += self._expire(snapshot)
+            taken = snapshot.taken_from(domain.uuid)
             cursors: dict[str, Iterator[VF]] = {}
             for device in domain.travelling_devices:
                 network = self.network_for(device, domain)
@@ -236,41 +239,22 @@ class Claims:
         VFs: they are confirmed as they are.  A VF that another guest holds
         refuses the start.
         """
-        changes: list[Change] = []
         with self.ledger.transaction():
-            now = self.clock()
-            live = self._expire(self.ledger.live_claims(), now, changes)
-            holders = {claim.vf: claim for claim in live}
-            in_use = self._in_use_by_running(domain.uuid)
-            for device in domain.devices:
-                vf = self.inventory.find_vf(device.address) if device.address else None
-                if vf is None:
+            snapshot = self._snapshot(self.ledger.live_claims(), self.running)
+            changes = self._expire(snapshot)
+            for device, vf in self._named_vfs(domain):
+                own, yielding, obstacle = snapshot.standing(vf.address, domain.uuid,
+                                                            starting=True)
+                if own is not None:
                     continue
-                holder = holders.get(vf.address)
-                if holder is not None and holder.domain_uuid == domain.uuid:
-                    continue
-                if holder is not None and holder.is_reset:
-                    if reset_in_progress(holder, now, self.config, self.ledger.lock_timeout):
-                        raise VFTaken(vf=vf.address, domain=domain.name,
-                                      holder="being reset by vfmigrate right now (retry in a "
-                                             "few seconds)")
-                    # A failed or abandoned reset: the guest brings its own settings.
-                    changes.extend(self._end_reset_claim(holder, f"guest '{domain.name}' "
-                                                                 "started with it"))
-                    holder = None
-                if holder is not None:
-                    raise VFTaken(vf=vf.address, domain=domain.name,
-                                  holder=f"claimed by guest '{holder.domain_name}' "
-                                         f"({holder.state})")
-                if vf.address in in_use:
-                    raise VFTaken(vf=vf.address, domain=domain.name,
-                                  holder=f"in use by running guest '{in_use[vf.address].name}'")
-                claim = self.ledger.add(vf=vf.address, network=vf.network,
-                                        domain_uuid=domain.uuid, domain_name=domain.name,
-                                        state=ACTIVE, reason=f"start: {device.describe()}")
-                holders[vf.address] = claim
+                if obstacle is not None:
+                    raise VFTaken(vf=vf.address, domain=domain.name, holder=obstacle)
+                if yielding is not None:
+                    changes.extend(self._end_reset_claim(yielding, f"guest '{domain.name}' "
+                                                                   "started with it"))
+                claim = self._claim_active(snapshot, domain, vf, f"start: {device.describe()}")
                 changes.append(Change.of(Event.ACTIVATED, claim,
-                                      f"claimed for its {device.describe()}"))
+                                         f"claimed for its {device.describe()}"))
         return changes
 
     def _end_reset_claim(self, claim: Claim, why: str) -> list[Change]:
@@ -305,31 +289,23 @@ class Claims:
         changes: list[Change] = []
         conflicts: list[VfmigrateError] = []
         with self.ledger.transaction():
-            holders = {claim.vf: claim for claim in self.ledger.live_claims(strict=False)}
-            for device in domain.devices:
-                vf = self.inventory.find_vf(device.address) if device.address else None
-                if vf is None:
-                    continue
-                holder = holders.get(vf.address)
-                if holder is not None and holder.is_reset:
-                    # The running guest holds it: no reset may touch it any more.
-                    changes.extend(self._end_reset_claim(holder, f"running guest "
-                                                                 f"'{domain.name}' holds it"))
-                    holder = None
-                if holder is not None and holder.domain_uuid != domain.uuid:
+            snapshot = self._snapshot(self.ledger.live_claims(strict=False),
+                                      lambda: self.running)
+            for _, vf in self._named_vfs(domain):
+                own, yielding, obstacle = snapshot.standing(vf.address, domain.uuid,
+                                                            starting=False)
+                if yielding is not None:
+                    changes.extend(self._end_reset_claim(yielding, f"running guest "
+                                                                   f"'{domain.name}' holds it"))
+                if obstacle is not None:
                     conflicts.append(VFTaken(vf=vf.address, domain=domain.name,
-                                             holder=f"also claimed by guest "
-                                                    f"'{holder.domain_name}' ({holder.state})"))
-                    continue
-                if holder is not None:
-                    if holder.state == INCOMING and domain.uuid in self.running:
-                        for claim in self.ledger.set_state([holder], ACTIVE, "reconnect: running"):
-                            changes.append(Change.of(Event.ACTIVATED, claim, "is in use"))
-                    continue
-                claim = self.ledger.add(vf=vf.address, network=vf.network,
-                                        domain_uuid=domain.uuid, domain_name=domain.name,
-                                        state=ACTIVE, reason="reconnect: claim was missing")
-                holders[vf.address] = claim
-                changes.append(Change.of(Event.CORRECTED, claim,
-                                      "had no claim: claimed for it now"))
+                                             holder=f"also {obstacle}"))
+                elif own is None:
+                    claim = self._claim_active(snapshot, domain, vf,
+                                               "reconnect: claim was missing")
+                    changes.append(Change.of(Event.CORRECTED, claim,
+                                             "had no claim: claimed for it now"))
+                elif own.state == INCOMING and domain.uuid in snapshot.running:
+                    for claim in self.ledger.set_state([own], ACTIVE, "reconnect: running"):
+                        changes.append(Change.of(Event.ACTIVATED, claim, "is in use"))
         return changes, conflicts

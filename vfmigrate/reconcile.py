@@ -25,7 +25,8 @@ evidence:
   get releases only of claims older than the list; :meth:`Reconciler.apply`
   releases a claim only if it is still exactly as planned.
 
-Rules, for the live claims of this host:
+Rules, for the live claims of this host (who holds a VF and what conflicts is
+:mod:`vfmigrate.ownership`'s rule, the hook's too):
 
 * a claim whose guest is not running is released, except an ``incoming``
   claim younger than the reservation timeout (its guest may be arriving);
@@ -59,12 +60,13 @@ from collections import namedtuple
 from collections.abc import Callable, Iterable
 
 from . import domxml
-from .claims import Change, awaits_its_guest, reset_in_progress
+from .claims import Change
 from .config import Config
 from .errors import BadDomainXML, VfmigrateError
 from .events import Event
 from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, RESET_FAILED, RESETTING, Claim, Ledger
+from .ownership import Snapshot, reset_in_progress
 from .pci import PciAddress
 from .running import RunningGuest
 from .virt import Guest
@@ -173,15 +175,14 @@ class Reconciler:
         VFs they may hold are left alone).  ``claims_before``: a snapshot taken before
         the guest list; only claims in it, unchanged, are released."""
         inventory = self.inventory_factory()
-        now = self.clock()
         self.ledger.bad_rows = {}
-        claims = self.ledger.live_claims(strict=False)
+        snapshot = Snapshot(self.config, self.ledger.live_claims(strict=False),
+                            {guest.uuid: guest for guest in guests}, self.clock(),
+                            self.ledger.lock_timeout)
         bad_rows = dict(self.ledger.bad_rows)
         unknown = list(unknown)
         unknown_uuids = {guest.uuid for guest in unknown}
-        maybe_held = {address for guest in unknown for address in guest.mentioned}
-        maybe_held |= {claim.vf for claim in claims if claim.domain_uuid in unknown_uuids}
-        by_uuid = {guest.uuid: guest for guest in guests}
+        maybe_held = _maybe_held(unknown, snapshot.claim_of.values())
         corrections: list[Change] = []
         if only_uuid is None:
             for row, problem in sorted(bad_rows.items()):
@@ -189,71 +190,53 @@ class Reconciler:
                     Event.CONFLICT, "-", None, None, None,
                     f"ledger {self.ledger.path} row {row} cannot be read ({problem}); no VF "
                     "is reset and none handed out until it is corrected or deleted"))
-        holders: dict[PciAddress, list[RunningGuest]] = {}
-        for guest in guests:
-            for address in guest.held:
-                holders.setdefault(address, []).append(guest)
 
         def provable(claim: Claim) -> bool:
             """Whether the guest list can tell about this claim (see the module docstring)."""
             return (claim.vf not in maybe_held
                     and (claims_before is None or (claim.id, claim.updated) in claims_before))
 
-        claim_of = {}
-        for claim in claims:
-            if claim.is_reset:
-                # vfmigrate's own hold on a VF it resets: reset_pending looks after it,
-                # unless a running guest holds the VF, which ends any reset of it.
-                named_by = holders.get(claim.vf)
-                if named_by and (only_uuid is None or any(g.uuid == only_uuid for g in named_by)):
-                    corrections.append(_release(claim, Event.CORRECTED, (
-                        f"reset given up ({claim.reset_state}): running guest "
-                        f"'{named_by[0].name}' holds this VF")))
-                else:
-                    claim_of[claim.vf] = claim
-                continue
-            claim_of[claim.vf] = claim
-            if only_uuid is not None and claim.domain_uuid != only_uuid:
-                continue
+        for claim in snapshot.claim_of.values():
+            if claim.is_reset or only_uuid is not None and claim.domain_uuid != only_uuid:
+                continue   # a reset claim ends below if a running guest holds its VF
             if claim.domain_uuid in unknown_uuids:
                 continue   # running, unknown: its claims stay
-            guest = by_uuid.get(claim.domain_uuid)
-            if guest is None:
-                if awaits_its_guest(claim, now, self.config):
-                    pass
-                elif provable(claim):
+            guest = snapshot.running.get(claim.domain_uuid)
+            if snapshot.is_stale(claim):
+                if provable(claim):
                     detail = ("incoming claim expired: the guest never arrived"
                               if claim.state == INCOMING else "the guest is not running")
-                    corrections.append(_release(claim, Event.EXPIRED if claim.state == INCOMING
-                                                else Event.CORRECTED, detail))
-            elif claim.vf not in guest.held and provable(claim):
-                corrections.append(_release(claim, Event.CORRECTED,
-                                            "the guest no longer holds this VF"))
+                    corrections.append(Change.of(Event.EXPIRED if claim.state == INCOMING
+                                                 else Event.CORRECTED, claim, detail))
+            elif guest is not None and claim.vf not in guest.held and provable(claim):
+                corrections.append(Change.of(Event.CORRECTED, claim,
+                                             "the guest no longer holds this VF"))
             if inventory.find_vf(claim.vf) is None:
-                corrections.append(Change(Event.VANISHED, claim.vf, claim.domain_name,
-                                          claim.domain_uuid, claim.network,
-                                          "claimed VF is missing from sysfs", claim))
+                corrections.append(Change.of(Event.VANISHED, claim,
+                                             "claimed VF is missing from sysfs"))
 
-        for address, named_by in sorted(holders.items()):
+        for address, named_by in sorted(snapshot.holders.items()):
+            if only_uuid is not None and all(g.uuid != only_uuid for g in named_by):
+                continue
+            guest = named_by[0]
+            own, yielding, obstacle = snapshot.standing(address, guest.uuid, starting=False)
+            if yielding is not None:
+                corrections.append(Change.of(Event.CORRECTED, yielding, (
+                    f"reset given up ({yielding.reset_state}): running guest '{guest.name}' "
+                    "holds this VF")))
             vf = inventory.find_vf(address)
             if vf is None:
                 continue
-            if only_uuid is not None and all(g.uuid != only_uuid for g in named_by):
-                continue
-            claim = claim_of.get(address)
             if len(named_by) > 1:
                 names = ", ".join(sorted(g.name for g in named_by))
                 corrections.append(Change(Event.CONFLICT, address, names, None, vf.network,
                                           "several running guests name this VF"))
-                continue
-            guest = named_by[0]
-            if claim is None:
+            elif obstacle is not None:
+                corrections.append(Change(Event.CONFLICT, address, guest.name, guest.uuid,
+                                          vf.network, f"held by this guest but {obstacle}"))
+            elif own is None:
                 corrections.append(Change(Event.CORRECTED, address, guest.name, guest.uuid,
                                           vf.network, "held without a claim: claim added"))
-            elif claim.domain_uuid != guest.uuid:
-                corrections.append(Change(
-                    Event.CONFLICT, address, guest.name, guest.uuid, vf.network,
-                    f"held by this guest but claimed by guest '{claim.domain_name}' ({claim.state})"))
         return corrections
 
     # -- applying -------------------------------------------------------------
@@ -445,18 +428,18 @@ class Reconciler:
                          claims_before=claims_before)
         applied = plan if dry_run else self.apply(plan)
         holders = {address for guest in parsed for address in guest.held}
-        maybe_held = {address for guest in unknown for address in guest.mentioned}
-        if unknown:
-            unknown_uuids = {guest.uuid for guest in unknown}
-            maybe_held |= {claim.vf for claim in self.ledger.live_claims(strict=False)
-                           if claim.domain_uuid in unknown_uuids}
+        maybe_held = _maybe_held(unknown, self.ledger.live_claims(strict=False) if unknown
+                                 else ())
         return problems + applied + self.reset_pending(dry_run=dry_run, holders=holders,
                                                        maybe_held=maybe_held)
 
 
-def _release(claim: Claim, event: Event, detail: str) -> Change:
-    return Change(event, claim.vf, claim.domain_name, claim.domain_uuid, claim.network,
-                  detail, claim)
+def _maybe_held(unknown: list[UnknownGuest], claims: Iterable[Claim]) -> set[PciAddress]:
+    """The VFs running guests whose XML cannot be read may hold: every PCI address their
+    XML mentions, and the VFs of their claims."""
+    uuids = {guest.uuid for guest in unknown}
+    return ({address for guest in unknown for address in guest.mentioned}
+            | {claim.vf for claim in claims if claim.domain_uuid in uuids})
 
 
 def _reset_correction(claim: Claim, detail: str) -> Change:

@@ -1,0 +1,91 @@
+"""Who holds a VF and what stands in a guest's way: the one rule of the hook's decisions
+(:mod:`vfmigrate.claims`) and of reconcile's plan (:mod:`vfmigrate.reconcile`), judged
+over a :class:`Snapshot` of the host.  Nothing here writes: each caller words what is
+decided and applies it in its own ledger transaction.
+
+* A VF is held by the live claim on it and by every running guest whose ``held``
+  names it (:mod:`vfmigrate.running`).
+* A claim is *stale* when its guest is not running and is not awaited (an incoming
+  claim younger than the reservation timeout awaits its guest).
+* A *reset claim* (:mod:`vfmigrate.ledger`) gives way to a running guest that holds
+  its VF, and to a starting guest that names it once no reset runs on it (a failed or
+  abandoned reset): the guest brings its own settings.
+* Another guest's claim stands in a guest's way; for a starting guest, so does a
+  running guest that holds the VF.
+"""
+
+from __future__ import annotations
+
+from .config import Config
+from .ledger import INCOMING, RESETTING, Claim
+from .pci import PciAddress
+from .running import RunningGuest
+
+# How long a reset claim in state "resetting" may be before it counts as left behind
+# by a process that died mid-reset, beyond the reset timeout and the lock timeout.
+RESET_GRACE = 5.0
+
+
+def reset_in_progress(claim: Claim, now: float, config: Config, lock_timeout: float) -> bool:
+    """A reset claim whose reset may still be running (not failed, not abandoned)."""
+    return (claim.reset_state == RESETTING
+            and now - claim.updated <= config.reset_timeout + lock_timeout + RESET_GRACE)
+
+
+class Snapshot:
+    def __init__(self, config: Config, claims: Iterable[Claim],
+                 running: Mapping[str, RunningGuest] | Callable[[], Mapping[str, RunningGuest]],
+                 now: float, lock_timeout: float) -> None:
+        """``claims``: the live claims; ``running``: what running guests hold, by UUID, or
+        a function returning that, for a decision that may not need it."""
+        self.config = config
+        self.claim_of: dict[PciAddress, Claim] = {claim.vf: claim for claim in claims}
+        self._running = running
+        self._holders: dict[PciAddress, list[RunningGuest]] | None = None
+        self.now = now
+        self.lock_timeout = lock_timeout
+
+    @property
+    def running(self) -> Mapping[str, RunningGuest]:
+        return self._running() if callable(self._running) else self._running
+
+    @property
+    def holders(self) -> dict[PciAddress, list[RunningGuest]]:
+        """The running guests that hold each VF."""
+        if self._holders is None:
+            self._holders = {}
+            for guest in self.running.values():
+                for address in guest.held:
+                    self._holders.setdefault(address, []).append(guest)
+        return self._holders
+
+    def _held_by_others(self, address: PciAddress, uuid: str) -> list[RunningGuest]:
+        return [guest for guest in self.holders.get(address, ()) if guest.uuid != uuid]
+
+    def is_stale(self, claim: Claim) -> bool:
+        awaited = (claim.state == INCOMING
+                   and self.now - claim.updated <= self.config.reservation_timeout)
+        return not awaited and claim.domain_uuid not in self.running
+
+    def taken_from(self, uuid: str) -> set[PciAddress]:
+        """The VFs guest ``uuid`` cannot be given: claimed, or held by another running
+        guest."""
+        return set(self.claim_of) | {address for address in self.holders
+                                     if self._held_by_others(address, uuid)}
+
+    def standing(self, address: PciAddress, uuid: str, *, starting: bool
+                 ) -> tuple[Claim | None, Claim | None, str | None]:
+        """Guest ``uuid``'s standing on the VF at ``address``, which it holds, or names to
+        start with (``starting``): its own claim on the VF, the reset claim that gives way
+        to it, and what stands in its way, worded to follow "the VF is"; each None where
+        there is none."""
+        claim = self.claim_of.get(address)
+        if claim is not None and claim.domain_uuid == uuid:
+            return claim, None, None
+        if claim is not None and not claim.is_reset:
+            return None, None, f"claimed by guest '{claim.domain_name}' ({claim.state})"
+        if (claim is not None and starting
+                and reset_in_progress(claim, self.now, self.config, self.lock_timeout)):
+            return None, None, "being reset by vfmigrate right now (retry in a few seconds)"
+        others = self._held_by_others(address, uuid) if starting else []
+        return None, claim, f"in use by running guest '{others[0].name}'" if others else None
