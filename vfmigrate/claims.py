@@ -28,7 +28,7 @@ from .events import Event, EventKind
 from .ownership import Snapshot
 from .pci import PciAddress
 from .records import record
-from .running import RunningGuest
+from .running import RunningGuest, running_guests
 
 
 class NoNetworks(Refused):
@@ -84,6 +84,24 @@ class Assignment(record("Assignment", "device vf claim")):
 
 
 class Claims:
+    @classmethod
+    def of(cls, config: Config, ledger: Ledger, clock: Callable[[], float], *,
+           sysfs_root: str | None = None,
+           on_unreadable: Callable[[str], None] | None = None) -> Claims:
+        """A host's claims as the hook and the listener decide them: its inventory, and
+        what its running guests hold as libvirt's status files say, read when first
+        needed; ``on_unreadable`` hears of each status file that could not be read."""
+        def read_running() -> Mapping[str, RunningGuest]:
+            problems: list[str] = []
+            running = running_guests(config.libvirt_run_dir, problems,
+                                     allow_stand_ins=config.allow_stand_ins,
+                                     cache_path=config.running_cache_path)
+            if on_unreadable is not None:
+                for problem in problems:
+                    on_unreadable(problem)
+            return running
+        return cls(config, ledger, Inventory.of(config, sysfs_root), read_running, clock)
+
     def __init__(self, config: Config, ledger: Ledger, inventory: Inventory,
                  running: Mapping[str, RunningGuest] | Callable[[], Mapping[str, RunningGuest]],
                  clock: Callable[[], float]) -> None:

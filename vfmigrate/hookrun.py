@@ -17,7 +17,6 @@ from .errors import (ConfigMissing, EXIT_INTERNAL, NotConfigured, VfmigrateError
 from .events import ERROR, JOURNAL_SOCKET, WARNING, Event, HookLog, default_sender
 from .inventory import Inventory
 from .ledger import Ledger
-from .running import running_guests
 
 # What the guest is doing when libvirt runs the hook, as the journal says it.
 _DOING = {"migrate": "is arriving by migration", "restore": "is being restored",
@@ -97,17 +96,10 @@ class HookCall:
     def _claims(self, config: configuration.Config) -> Claims:
         if self.ledger is None:
             self.ledger = Ledger.of(config, self.clock)
-        def load_running():
-            problems: list[str] = []
-            running = running_guests(config.libvirt_run_dir, problems,
-                                     allow_stand_ins=config.allow_stand_ins,
-                                     cache_path=config.running_cache_path)
-            for problem in problems:
-                self.log.event(Event.CONFLICT, problem, priority=WARNING,
-                               domain=self.domain_name)
-            return running
-        return Claims(config, self.ledger, Inventory.of(config, self.sysfs_root),
-                      load_running, self.clock)
+        return Claims.of(config, self.ledger, self.clock, sysfs_root=self.sysfs_root,
+                         on_unreadable=lambda problem: self.log.event(
+                             Event.CONFLICT, problem, priority=WARNING,
+                             domain=self.domain_name))
 
     # -- operations ---------------------------------------------------------
 

@@ -602,13 +602,8 @@ class Listener:
     def arrived(self, uuid: str, name: str) -> None:
         """A migration finished here: activate, fix the saved definition, label."""
         from .claims import Claims
-        from .running import running_guests
 
-        claims = Claims(self.config, self.ledger,
-                        Inventory.of(self.config),
-                        running_guests(self.config.libvirt_run_dir,
-                                       allow_stand_ins=self.config.allow_stand_ins),
-                        self.clock)
+        claims = Claims.of(self.config, self.ledger, self.clock)
         for change in claims.activate(uuid, "arrived: migration finished"):
             event(log, change.event, "guest %s arrived by migration: VF %s of network %s is "
                   "in use", name, change.vf, change.network,
