@@ -148,7 +148,8 @@ def replace_package_while_guests_work(hosts, package: Path, *extra: str,
     systemd host's postinst does for the testbed's hosts.  The host the mover is on."""
     a, b = hosts
     calls = HookCalls(quiet=a, receiver=b, sender=a)
-    moves = Migrations(a, b, "upgrade-mover")
+    here = a if a.host.domain_state("upgrade-mover") == "running" else b
+    moves = Migrations(here, b if here is a else a, "upgrade-mover")
     calls.start()
     moves.start()
     try:
