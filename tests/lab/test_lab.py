@@ -269,8 +269,9 @@ def vf_without_teaming_moves_with_vfmigrate_migrate(a, b):
     # sent, which starts only after the guest let go of its VF (issue 13: an earlier kill
     # found by name hit other processes): the migration fails, the VF goes back into the
     # guest on lab-b, and lab-a holds nothing.
-    b.run(["setsid", "-f", "sh", "-c", f"vfmigrate migrate plain {URI_A} --bandwidth 4 "
-           "--unplug-timeout 300 > /tmp/killed.log 2>&1; echo \"exit $?\" >> /tmp/killed.log"])
+    # (the shell lets go of ssh's stdio first, or ssh would wait for the whole migration)
+    b.run(["setsid", "-f", "sh", "-c", "exec > /tmp/killed.log 2>&1 < /dev/null; vfmigrate "
+           f"migrate plain {URI_A} --bandwidth 4 --unplug-timeout 300; echo \"exit $?\""])
     lab.wait(lambda: memory_processed(b, "plain") > 0, 600, "lab-b to start sending memory")
     a.run(["sh", "-c", "kill -9 $(cat /run/libvirt/qemu/plain.pid)"])
     lab.wait(lambda: "exit " in b.run(["cat", "/tmp/killed.log"]).stdout, 900,
