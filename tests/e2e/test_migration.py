@@ -179,11 +179,14 @@ def test_the_hook_on_the_hosts_is_the_one_under_test(hosts):
     installed = installation().name == "installed package"
     hook = (a.host.hooks_dir / "qemu.d" / "vfmigrate").read_text().splitlines()
     # the package's program starts Python without site and names its own directory
-    assert hook[0] == ("#!/usr/bin/python3 -IS" if installed else f"#!{sys.executable} -I")
-    if installed:
-        assert "sys.path[0:0] = ['/usr/lib/python3/dist-packages']  # vfmigrate-python-dirs" \
-            in hook
+    repo = Path(__file__).resolve().parents[2]
+    assert hook[0] == ("#!/usr/bin/python3 -ISB" if installed else f"#!{sys.executable} -ISB")
+    dirs = ["/usr/lib/python3/dist-packages"] if installed else [
+        str(repo), "/usr/lib/python3/dist-packages"]
+    assert f"sys.path[0:0] = {dirs!r}  # vfmigrate-python-dirs" in hook
     listener = a.listener.args
-    assert listener[-1] == ("/usr/libexec/vfmigrate/vfmigrate-listener" if installed
-                            else str(Path(__file__).resolve().parents[2]
-                                     / "listener/vfmigrate-listener"))
+    if installed:
+        assert listener[-1] == "/usr/libexec/vfmigrate/vfmigrate-listener"
+    else:
+        assert f"sys.path.insert(0, {str(repo)!r})" in listener[-1]
+        assert f"runpy.run_path({str(repo / 'listener/vfmigrate-listener')!r}" in listener[-1]

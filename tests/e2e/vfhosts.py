@@ -60,9 +60,38 @@ def installation() -> Installation:
         return Installation("installed package",
                             Path("/etc/libvirt/hooks/qemu.d/vfmigrate"), None,
                             ["/usr/libexec/vfmigrate/vfmigrate-listener"], ["/usr/bin/vfmigrate"])
-    return Installation("checkout", REPO / "hooks" / "qemu", f"{sys.executable} -I",
-                        [sys.executable, "-I", str(REPO / "listener" / "vfmigrate-listener")],
-                        [sys.executable, "-I", "-m", "vfmigrate"])
+    listener = str(REPO / "listener" / "vfmigrate-listener")
+    return Installation("checkout", checkout_hook(), None,
+                        _from_checkout(f"sys.argv[0] = {listener!r}; "
+                                       f"runpy.run_path({listener!r}, run_name='__main__')"),
+                        _from_checkout("runpy.run_module('vfmigrate', run_name='__main__', "
+                                       "alter_sys=True)"))
+
+
+def _from_checkout(statement: str) -> list[str]:
+    """argv that runs ``statement`` with this checkout first on sys.path.
+
+    Not the venv's editable install: its finder comes after the path entries, so a
+    vfmigrate installed on the machine, or a directory a removed package left behind,
+    would stand in for the code under test."""
+    return [sys.executable, "-I", "-c",
+            f"import runpy, sys; sys.path.insert(0, {str(REPO)!r}); {statement}"]
+
+
+def checkout_hook() -> Path:
+    """hooks/qemu written as the packages write it (packaging/hook-program), with this
+    checkout and the system's python3-systemd as its Python directories."""
+    target = REPO / "build" / "checkout-hook"
+    target.parent.mkdir(exist_ok=True)
+    with (REPO / "hooks" / "qemu").open("rb") as source:
+        program = subprocess.run([sys.executable, "-I", str(REPO / "packaging" / "hook-program"),
+                                  sys.executable, str(REPO), "/usr/lib/python3/dist-packages"],
+                                 stdin=source, capture_output=True, check=True).stdout
+    temporary = target.with_name(f".checkout-hook.{os.getpid()}")
+    temporary.write_bytes(program)
+    temporary.chmod(0o755)
+    temporary.replace(target)
+    return target
 
 
 class NotifySocket:

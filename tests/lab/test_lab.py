@@ -43,6 +43,9 @@ def hosts(built_deb, tmp_path_factory, figures):
     started = time.monotonic()
     with vfmigrate_lab(built_deb, tmp_path_factory.mktemp("lab")) as (a, b):
         FIGURES["L1 hosts booted and configured (s)"] = time.monotonic() - started
+        for what, boots in lab.TIMINGS.items():
+            if what.startswith(("l1-boot-hung-", "l1-boot-qemu-exited-")):
+                warnings.warn(f"{what}: L1 host booted again after attempt {boots}")
         try:
             yield a, b
         finally:

@@ -231,6 +231,10 @@ def test_upgrade_and_downgrade_with_hooks_and_migrations_running(built_deb, prev
             refuses_a_newer_ledger(a, b, mover_host)
     finally:
         run(["apt-get", "purge", "-y", "vfmigrate"], timeout=600)
+    # Hooks ran while dpkg replaced modules (0.3.0 added one): nothing of theirs stays.
+    package_dir = Path("/usr/lib/python3/dist-packages/vfmigrate")
+    assert not package_dir.exists(), \
+        f"the purge left {sorted(str(path) for path in package_dir.rglob('*'))}"
 
 
 def ledger_rows(path: Path) -> tuple:

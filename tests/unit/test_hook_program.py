@@ -22,10 +22,10 @@ def test_the_packaged_hook_starts_without_site_and_names_its_directories():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().split("\n")
     source = HOOK_SOURCE.read_text().split("\n")
-    assert lines[0] == "#!/usr/bin/python3 -IS"
+    assert lines[0] == "#!/usr/bin/python3 -ISB"
     changed = [(old, new) for old, new in zip(source, lines) if old != new]
     assert changed == [
-        ("#!/usr/bin/python3 -I", "#!/usr/bin/python3 -IS"),
+        ("#!/usr/bin/python3 -I", "#!/usr/bin/python3 -ISB"),
         ("sys.path[0:0] = []  # vfmigrate-python-dirs",
          "sys.path[0:0] = ['/usr/lib/python3.12/site-packages', "
          "'/usr/lib64/python3.12/site-packages']  # vfmigrate-python-dirs")]
