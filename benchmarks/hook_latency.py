@@ -10,6 +10,10 @@ Prints p50/p95 over N runs of:
                the same right after a running guest's status file changed (the hook's
                cache of what running guests hold is rebuilt: one status file parsed)
   migrate 64   the same for a 64-VF guest
+  migrate 4 pinned
+               migrate begin for a 4-VF guest pinned to NUMA node 1 (<numatune>) on the
+               same host, whose PFs sit two on node 0 and two on node 1 (issue 16:
+               NUMA selection beside the plain one)
   prepare/start/started/stopped/release 4
                the rest of the 4-VF guest's life on the host, one hook call each
   one migration
@@ -57,9 +61,11 @@ def percentile(samples: list[float], fraction: float) -> float:
 def build_host(root: Path, python: str) -> tuple[Path, Path, list]:
     sysfs = FakeSysfs(root / "sys")
     vfs = []
+    sysfs.add_numa_node(0, "0-15")
+    sysfs.add_numa_node(1, "16-31")
     for index in range(4):
         vfs += sysfs.add_pf(E810, f"0000:{0x3b + index * 2:02x}:00.0", f"ens{index}f0", 256,
-                            vfio_vfs=256)
+                            vfio_vfs=256, numa_node=index // 2)
     run_dir = root / "run"
     run_dir.mkdir()
     for index in range(20):
@@ -118,9 +124,14 @@ def main() -> None:
         hook, config, vfs = build_host(root, args.python)
         env = dict(ENV, VFMIGRATE_CONFIG=str(config))
         guests = {"migrate 4": teaming_guest("bench4", ["0000:99:00.0"] * 4),
-                  "migrate 64": teaming_guest("bench64", ["0000:99:00.0"] * 64)}
+                  "migrate 64": teaming_guest("bench64", ["0000:99:00.0"] * 64),
+                  "migrate 4 pinned": teaming_guest("benchnuma", ["0000:99:00.0"] * 4).replace(
+                      b"</memory>\n", b"</memory>\n<numatune><memory mode='strict' "
+                                      b"nodeset='1'/></numatune>\n", 1)}
         samples: dict[str, list[float]] = {
-            "floor": [], "floor -IS": [], "no-VF": [], "migrate 4": [], "migrate 4 cold": [], "migrate 64": [],
+            "floor": [], "floor -IS": [], "no-VF": [], "migrate 4": [], "migrate 4 cold": [],
+            "migrate 64": [],
+            "migrate 4 pinned": [],
             "prepare 4": [], "start 4": [], "started 4": [], "stopped 4": [],
             "release 4": [], "one migration": []}
         # The cold case runs on a host of its own: a status file changed less than a
@@ -153,6 +164,9 @@ def main() -> None:
                                                    "started 4", "stopped 4", "release 4")))
             samples["migrate 64"].append(hook_call("migrate", guests["migrate 64"], True))
             release_all(root, "bench64")
+            samples["migrate 4 pinned"].append(hook_call("migrate", guests["migrate 4 pinned"],
+                                                         True))
+            release_all(root, "benchnuma")
             # libvirt rewrites a running guest's status file (a new file renamed over it)
             status_file.with_suffix(".new").write_bytes(status_file.read_bytes())
             status_file.with_suffix(".new").replace(status_file)
@@ -162,11 +176,11 @@ def main() -> None:
             release_all(cold_root, "bench4")
         floor = statistics.median(samples["floor"])
         print(f"hook latency, {args.runs} runs each, interpreter {args.python}")
-        print(f"{'case':<14} {'p50 ms':>8} {'p95 ms':>8} {'p50/floor':>10}")
+        print(f"{'case':<17} {'p50 ms':>8} {'p95 ms':>8} {'p50/floor':>10}")
         for case, values in samples.items():
             p50 = statistics.median(values)
             calls = 6 if case == "one migration" else 1
-            print(f"{case:<14} {p50 * 1000:8.1f} {percentile(values, 0.95) * 1000:8.1f} "
+            print(f"{case:<17} {p50 * 1000:8.1f} {percentile(values, 0.95) * 1000:8.1f} "
                   f"{p50 / floor / calls:9.2f}x" + ("  (per call: sum / 6 floors)"
                                                     if calls > 1 else ""))
         print("targets: migrate 4 <= 1.80x, other VF calls <= 1.60x, no-VF ~1.03x "

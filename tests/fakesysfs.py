@@ -61,6 +61,12 @@ class FakeSysfs:
                           "kernel/iommu_groups"):
             (self.root / directory).mkdir(parents=True, exist_ok=True)
 
+    def add_numa_node(self, node: int, cpulist: str) -> None:
+        """A NUMA node with its CPUs (``devices/system/node/nodeN/cpulist``)."""
+        directory = self.root / "devices" / "system" / "node" / f"node{node}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "cpulist").write_text(f"{cpulist}\n")
+
     def add_pf(self, card: Card, address: str, netdev: str, num_vfs: int, *,
                numa_node: int = 0, vfio_vfs: int = 0) -> list[PciAddress]:
         """Add a PF with ``num_vfs`` VFs; the first ``vfio_vfs`` are bound to vfio-pci.

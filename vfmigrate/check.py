@@ -29,10 +29,11 @@ import xml.etree.ElementTree as ElementTree
 from collections import namedtuple
 from dataclasses import dataclass, field
 
-from . import domxml, standins
+from . import domxml, lexical, standins
 from .config import Config
 from .errors import counted
 from .inventory import Inventory
+from .numa import DEFAULT_AFFINITY, UNPINNED, BadCpuset, format_set, guest_nodes, node_of_pf
 from .pci import PciAddress
 
 EXIT_PLAIN, EXIT_ASSISTED, EXIT_CANNOT = 0, 10, 1
@@ -45,7 +46,11 @@ class DeviceCheck(namedtuple("DeviceCheck", "name address network path reason"))
     __slots__ = ()
 
 
-class NetworkCheck(namedtuple("NetworkCheck", "network needed free total pfs method")):
+class NetworkCheck(namedtuple("NetworkCheck", "network needed free total pfs method "
+                                               "near nodes affinity",
+                               defaults=(None, None, None))):
+    """``near``: free VFs on the guest's NUMA ``nodes`` (None: unpinned or unknown)."""
+
     __slots__ = ()
 
     @property
@@ -101,8 +106,11 @@ class CheckReport:
         for network in self.networks:
             free = "not visible" if network.free is None else f"{network.free} free of " \
                                                                 f"{network.total}"
+            near = "" if network.near is None else (
+                f"; {network.near} free on NUMA {_nodes(network.nodes)}, where the guest "
+                f"runs (numa_affinity = {network.affinity})")
             lines.append(f"  network {network.network} on the destination: needs "
-                         f"{network.needed}, {free} ({network.method})")
+                         f"{network.needed}, {free} ({network.method}){near}")
         lines.append(f"  destination: libvirt {_version(self.destination_libvirt)}, "
                      f"QEMU {_version(self.destination_qemu)}")
         lines += [f"  problem: {problem}" for problem in self.problems]
@@ -137,8 +145,12 @@ def run_check(source, destination, domain_name: str, *, destination_uri: str,
             f"{config.path if config else 'this host'} has allow_stand_ins = no")
     report.destination_libvirt, report.destination_qemu = destination.versions()
     _check_versions(report, parsed)
-    _check_capacity(report, destination, config)
+    _check_capacity(report, destination, config, parsed.placement)
     return report
+
+
+def _nodes(nodes: str) -> str:
+    return f"node {nodes}" if "," not in nodes and "-" not in nodes else f"nodes {nodes}"
 
 
 def _check_device(device: domxml.VFDevice, inventory: Inventory | None, config: Config | None,
@@ -194,7 +206,8 @@ def _check_versions(report: CheckReport, parsed: domxml.DomainXML) -> None:
                                "virtio-net failover (needs 4.2)")
 
 
-def _check_capacity(report: CheckReport, destination, config: Config | None) -> None:
+def _check_capacity(report: CheckReport, destination, config: Config | None,
+                    placement=UNPINNED) -> None:
     needed: dict[str, int] = {}
     stand_ins = set()
     for device in report.devices:
@@ -205,6 +218,7 @@ def _check_capacity(report: CheckReport, destination, config: Config | None) -> 
     if not needed:
         return
     pools = _destination_pools(destination)
+    nodes, cells = _guest_nodes_there(report, destination, placement)
     in_use = {address for guest in destination.active_guests()
               for address in domxml.parse(guest.xml).pci_sources}
     hostdev_networks = destination.hostdev_networks()
@@ -216,20 +230,59 @@ def _check_capacity(report: CheckReport, destination, config: Config | None) -> 
         pfs, method = _pfs_of(network, pools, hostdev_networks, config)
         vfs = [vf for pf in pfs for vf in pools[pf][1]]
         free = sum(1 for vf in vfs if vf not in in_use)
+        near = affinity = None
+        if nodes:
+            affinity = (config.networks[network].numa_affinity
+                        if config is not None and network in config.networks
+                        else DEFAULT_AFFINITY)
+            near = sum(1 for pf in pfs if node_of_pf(pools[pf][2], cells) in nodes
+                       for vf in pools[pf][1] if vf not in in_use)
         check = NetworkCheck(network, count, free, len(vfs),
-                             [pools[pf][0] or str(pf) for pf in pfs], method)
+                             [pools[pf][0] or str(pf) for pf in pfs], method, near,
+                             format_set(nodes) if nodes else None, affinity)
         report.networks.append(check)
         if not check.enough:
             report.problems.append(f"network {network}: the destination has "
                                    f"{counted(free, 'free VF')} for {count} ({method})")
+        elif near is not None and near < count and affinity != "none":
+            where = f"{counted(near, 'free VF')} on NUMA {_nodes(check.nodes)}, where the guest runs"
+            if affinity == "required":
+                report.problems.append(
+                    f"network {network}: the destination has {where}, for {count}, and "
+                    "numa_affinity = required (as in this host's config)")
+            else:
+                report.notes.append(
+                    f"network {network}: the destination has {where}, for {count}: "
+                    "the others would come from another node")
     report.notes.append("VFs the destination has reserved for guests still arriving are not "
                         "visible through libvirt")
 
 
-def _destination_pools(destination) -> dict[PciAddress, tuple[str | None, list[PciAddress]]]:
-    """The destination's PFs: address -> (netdev name, VF addresses), from node devices."""
+def _guest_nodes_there(report: CheckReport, destination, placement
+                       ) -> tuple[frozenset[int] | None, dict[int, frozenset[int]]]:
+    """The destination's NUMA nodes the guest will use (None: unpinned, or unknown,
+    which a note says), and the destination's cells."""
+    if not placement.pinned:
+        return None, {}
+    cells = destination.numa_cells()
+    try:
+        nodes = guest_nodes(placement, cells)
+    except BadCpuset as error:
+        report.problems.append(f"the guest's {error}")
+        return None, cells
+    if not nodes:
+        report.notes.append("the destination reports no NUMA node with the guest's pinned "
+                            "CPUs: whether its VFs sit on the guest's node is unknown")
+        return None, cells
+    return nodes, cells
+
+
+def _destination_pools(destination
+                       ) -> dict[PciAddress, tuple[str | None, list[PciAddress], int | None]]:
+    """The destination's PFs: address -> (netdev name, VF addresses, NUMA node), from
+    node devices."""
     libvirt = destination.libvirt
-    pools: dict[PciAddress, tuple[str | None, list[PciAddress]]] = {}
+    pools: dict[PciAddress, tuple[str | None, list[PciAddress], int | None]] = {}
     names: dict[str, PciAddress] = {}
     for xml in destination.node_device_xmls(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV):
         root = ElementTree.fromstring(xml)
@@ -252,18 +305,21 @@ def _destination_pools(destination) -> dict[PciAddress, tuple[str | None, list[P
                                                               a.get("slot"), a.get("function")))
                 except ValueError:
                     continue
-            pools[address] = (None, vfs)
+            numa = pci.find("numa")
+            node = numa.get("node", "") if numa is not None else ""
+            pools[address] = (None, vfs, int(node) if lexical.made_of(
+                node, lexical.ASCII_DIGITS, 1, 5) else None)
     for xml in destination.node_device_xmls(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET):
         root = ElementTree.fromstring(xml)
         parent = names.get(root.findtext("parent", ""))
         if parent in pools:
-            pools[parent] = (root.findtext("capability/interface"), pools[parent][1])
+            pools[parent] = (root.findtext("capability/interface"), *pools[parent][1:])
     return pools
 
 
 def _pfs_of(network: str, pools, hostdev_networks: dict[str, list[str]],
             config: Config | None) -> tuple[list[PciAddress], str]:
-    by_name = {name: address for address, (name, _) in pools.items() if name}
+    by_name = {name: address for address, (name, *_) in pools.items() if name}
     if network in hostdev_networks:
         pfs = [by_name[name] for name in hostdev_networks[network] if name in by_name]
         return pfs, f"PFs of the destination's libvirt network '{network}'"

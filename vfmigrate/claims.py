@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from .config import Config
 from .domxml import DomainXML, VFDevice
-from .errors import (NoFreeVF, Refused, UnknownNetwork, UnlabelledDevice, VFTaken,
-                     VfmigrateError, counted)
+from .errors import (BadDomainXML, NoFreeVF, Refused, UnknownNetwork, UnlabelledDevice,
+                     VFTaken, VfmigrateError, counted)
 from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, Claim, Ledger
+from .numa import BadCpuset, format_set
 from .events import Event, EventKind
 from .ownership import Snapshot
 from .pci import PciAddress
@@ -48,6 +49,24 @@ class NoVfioVF(Refused):
     msg_fmt = ("no free VF bound to vfio-pci in network '{network}' on this host for "
                "{device} of guest '{domain}' (managed='no': libvirt will not bind it); "
                "bind free VFs to vfio-pci, or make the device managed='yes'")
+
+
+class NoVFOnGuestNodes(Refused):
+    msg_fmt = ("no free VF in network '{network}' on NUMA {where} of this host, where "
+               "guest '{domain}' runs, and the network has numa_affinity = required "
+               "({counts}); free a VF there, or set numa_affinity = preferred")
+
+    def __init__(self, *, network: str, domain: str, nodes: frozenset[int], total: int,
+                 unavailable: int, own: int) -> None:
+        where = (f"node {format_set(nodes)}" if len(nodes) == 1
+                 else f"nodes {format_set(nodes)}" if nodes else "nodes of its CPUs (none)")
+        counts = [counted(total, "VF") + " there"]
+        if unavailable:
+            counts.append(f"{unavailable} claimed or in use")
+        if own:
+            counts.append(f"{own} already given to this guest's other "
+                          + ("device" if own == 1 else "devices"))
+        super().__init__(network=network, domain=domain, where=where, counts=", ".join(counts))
 
 
 VFIO_DRIVER = "vfio-pci"
@@ -189,15 +208,40 @@ class Claims:
             return self.inventory.details(vf.address).driver == VFIO_DRIVER
         return True
 
-    def _keep_address(self, device: VFDevice, network: str,
-                      taken: set[PciAddress]) -> VF | None:
-        """The device's current address, if it is a free VF of the network here too."""
+    def _keep_address(self, device: VFDevice, network: str, taken: set[PciAddress],
+                      nodes: frozenset[int] | None) -> VF | None:
+        """The device's current address, if it is a free VF of the network here too (and
+        on the guest's NUMA nodes, where the network weighs them)."""
         if device.address is None or device.address in taken:
             return None
         vf = self.inventory.find_vf(device.address)
         if vf is None or vf.network != network or not self._usable(vf, device):
             return None
+        if self._affinity(network, nodes) != "none" \
+                and self.inventory.pf_node(vf.pf) not in nodes:
+            return None
         return vf
+
+    def _guest_nodes(self, domain: DomainXML) -> frozenset[int] | None:
+        """The host NUMA nodes the guest will use; None for an unpinned guest."""
+        if not domain.placement.pinned:
+            return None
+        try:
+            return self.inventory.host_nodes.guest_nodes(domain.placement)
+        except BadCpuset as error:
+            raise BadDomainXML(problem=f"guest '{domain.name}': {error}") from None
+
+    def _affinity(self, network: str, nodes: frozenset[int] | None) -> str:
+        """How the guest's nodes weigh in this network: the policy, "none" if unpinned."""
+        return "none" if nodes is None else self.config.networks[network].numa_affinity
+
+    def _candidates(self, network: str, nodes: frozenset[int] | None) -> Iterator[VF]:
+        """The network's VFs in the order they are given out: on the guest's NUMA nodes
+        first (only those under ``required``), then by PF order and VF index."""
+        affinity = self._affinity(network, nodes)
+        if affinity == "none":
+            return self.inventory.iter_vfs(network)
+        return self.inventory.iter_vfs_near(network, nodes, required=affinity == "required")
 
     def reserve_incoming(self, domain: DomainXML, operation: str
                          ) -> tuple[list[Assignment], list[Change]]:
@@ -217,23 +261,25 @@ class Claims:
                                                     "reservation is superseded")
             changes += self._expire(snapshot)
             taken = snapshot.taken_from(domain.uuid)
+            nodes = self._guest_nodes(domain)
             cursors: dict[str, Iterator[VF]] = {}
             for device in domain.travelling_devices:
                 network = self.network_for(device, domain)
-                choice = self._keep_address(device, network, taken)
+                choice = self._keep_address(device, network, taken, nodes)
                 if choice is None and device.managed is False:
                     # Its own pass: VFs it skips stay for the devices after it.
-                    choice = next((vf for vf in self.inventory.iter_vfs(network)
+                    choice = next((vf for vf in self._candidates(network, nodes)
                                    if vf.address not in taken and self._usable(vf, device)),
                                   None)
                     if choice is None:
                         raise NoVfioVF(network=network, device=device.describe(),
                                        domain=domain.name)
                 if choice is None:
-                    cursor = cursors.setdefault(network, self.inventory.iter_vfs(network))
+                    cursor = cursors.setdefault(network, self._candidates(network, nodes))
                     choice = next((vf for vf in cursor if vf.address not in taken
                                    and self.inventory.present(vf)), None)
                 if choice is None:
+                    self._refuse_off_node(network, nodes, domain, taken, assignments)
                     vfs = self.inventory.vfs_of_network(network)
                     given = {a.vf.address for a in assignments}
                     own = sum(1 for vf in vfs if vf.address in given)
@@ -249,6 +295,19 @@ class Claims:
                 changes.append(Change.of(Event.RESERVED, claim,
                                       f"reserved for its {device.describe(' on the source')}"))
         return assignments, changes
+
+    def _refuse_off_node(self, network: str, nodes: frozenset[int] | None,
+                         domain: DomainXML, taken: set[PciAddress],
+                         assignments: list[Assignment]) -> None:
+        """Under ``numa_affinity = required``, the refusal that names the guest's nodes."""
+        if self._affinity(network, nodes) != "required":
+            return
+        near = list(self.inventory.iter_vfs_near(network, nodes, required=True))
+        given = {assignment.vf.address for assignment in assignments}
+        own = sum(1 for vf in near if vf.address in given)
+        raise NoVFOnGuestNodes(network=network, domain=domain.name, nodes=nodes,
+                               total=len(near), own=own,
+                               unavailable=sum(1 for vf in near if vf.address in taken) - own)
 
     def claim_for_start(self, domain: DomainXML) -> list[Change]:
         """Claim, as active, every VF of ours the guest names (``prepare``/``start``).

@@ -210,8 +210,10 @@ def _status(args: argparse.Namespace, path: str, stdout: TextIO) -> int:
         for spec in network.missing_pfs:
             stdout.write(f"  PF {spec}: NOT FOUND under {config.sysfs_root}\n")
         for pf in network.pfs:
+            node = "unknown" if pf.numa_node is None else pf.numa_node
             stdout.write(f"  PF {pf.spec} ({pf.address}): {pf.num_vfs} of "
-                         f"{pf.total_vfs if pf.total_vfs is not None else '?'} VFs enabled\n")
+                         f"{pf.total_vfs if pf.total_vfs is not None else '?'} VFs enabled, "
+                         f"NUMA node {node}\n")
             for vf in pf.vfs:
                 owner = f"{vf.domain_name} ({vf.domain_uuid})" if vf.domain_name else "-"
                 since = time.strftime(" since %Y-%m-%d %H:%M:%S",

@@ -18,6 +18,7 @@ An INI-style file with one ``[vfmigrate]`` section of host settings and one
     pfs = ens1f0, 0000:3b:00.1            # PFs by netdev name or PCI address
     allow_vfs = 0000:3b:02.*              # optional: only these VFs (glob patterns)
     deny_vfs = 0000:3b:02.0               # optional: never these VFs
+    numa_affinity = preferred             # or required, none (vfmigrate.numa)
 
 Every problem is reported as one :class:`ConfigSyntaxError` naming file, line
 and key.  The path comes from ``--config``, else ``$VFMIGRATE_CONFIG``, else
@@ -31,6 +32,7 @@ import os
 
 from . import lexical
 from .errors import ConfigMissing, ConfigSyntaxError
+from .numa import AFFINITY_POLICIES, DEFAULT_AFFINITY
 from .pci import PciAddress, is_pci_address
 from .records import record
 
@@ -48,14 +50,16 @@ def is_network_label(name: str) -> bool:
     return name[:1] in lexical.ASCII_ALNUM and lexical.made_of(name, _LABEL_CHARACTERS, 1, 64)
 
 
-class NetworkConfig(record("NetworkConfig", "name pfs allow_vfs deny_vfs")):
-    """One ``[network NAME]``: PF specs (netdev names or PCI addresses), VF globs."""
+class NetworkConfig(record("NetworkConfig", "name pfs allow_vfs deny_vfs numa_affinity")):
+    """One ``[network NAME]``: PF specs (netdev names or PCI addresses), VF globs, and
+    how the guest's NUMA nodes weigh in the choice of a VF."""
 
     __slots__ = ()
 
     def __new__(cls, name: str, pfs: tuple[str, ...], allow_vfs: tuple[str, ...] = (),
-                deny_vfs: tuple[str, ...] = ()) -> NetworkConfig:
-        return super().__new__(cls, name, pfs, allow_vfs, deny_vfs)
+                deny_vfs: tuple[str, ...] = (),
+                numa_affinity: str = DEFAULT_AFFINITY) -> NetworkConfig:
+        return super().__new__(cls, name, pfs, allow_vfs, deny_vfs, numa_affinity)
 
 
 class Config:
@@ -135,7 +139,7 @@ _HOST_KEYS = {"state_dir", "sysfs_root", "libvirt_run_dir", "reservation_timeout
               "lock_timeout", "reset_timeout", "libvirt_uri", "vf_reset", "allow_stand_ins"}
 _BOOLEANS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
 _VF_RESET_MODES = ("netlink", "none")
-_NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs"}
+_NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs", "numa_affinity"}
 
 
 class _Parser:
@@ -254,7 +258,14 @@ class _Parser:
                         if not lexical.made_of(pattern, _VF_PATTERN_CHARACTERS, 1, 32):
                             raise self.fail(number, key, f"{pattern!r} is not a PCI address "
                                             "or glob pattern like 0000:3b:02.*")
-            networks[name] = NetworkConfig(name=name, pfs=tuple(pfs), **patterns)
+            affinity = DEFAULT_AFFINITY
+            if "numa_affinity" in section:
+                number, affinity = section["numa_affinity"]
+                if affinity not in AFFINITY_POLICIES:
+                    raise self.fail(number, "numa_affinity",
+                                    f"must be one of {', '.join(AFFINITY_POLICIES)}")
+            networks[name] = NetworkConfig(name=name, pfs=tuple(pfs), **patterns,
+                                           numa_affinity=affinity)
         return Config(path=self.path, networks=networks, **settings)
 
 

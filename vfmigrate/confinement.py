@@ -522,7 +522,10 @@ class _staging_dir:
                 self.path.mkdir(mode=0o755)
             except FileExistsError:
                 pass
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:   # the enable before us removed it after our mkdir
+                continue
             fcntl.flock(self.fd, fcntl.LOCK_EX)
             try:   # the enable we waited for may have removed the directory meanwhile
                 if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:

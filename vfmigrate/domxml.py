@@ -56,6 +56,7 @@ from xml.parsers import expat
 from . import METADATA_NAMESPACE, lexical, metadata
 from .config import is_network_label
 from .errors import BadDomainXML, Refused
+from .numa import UNPINNED, GuestPlacement
 from .pci import PciAddress
 from .records import record
 
@@ -149,7 +150,8 @@ class DomainXML:
                  metadata_entries: list[dict[str, str]] | None = None,
                  metadata_spans: list[Span] | None = None,
                  interface_macs: dict[str, str] | None = None,
-                 test_only: list[VFDevice] | None = None) -> None:
+                 test_only: list[VFDevice] | None = None,
+                 placement: GuestPlacement = UNPINNED) -> None:
         self.data = data
         self.uuid = uuid
         self.name = name
@@ -161,6 +163,8 @@ class DomainXML:
         # Test-only entries (stand-in, simulated) not honoured: parsed without
         # allow_stand_ins.  They hold nothing; a migrate hook should refuse them.
         self.test_only = test_only or []
+        # Where the guest runs (NUMA), as the XML's text: vfmigrate.numa reads it.
+        self.placement = placement
 
     @property
     def held_addresses(self) -> set[PciAddress]:
@@ -255,6 +259,9 @@ class _DomainParser:
         self.entry_attributes: list[dict[str, str]] = []
         self.interface_macs: dict[str, str] = {}
         self.pci_sources: list[PciAddress] = []
+        self.memory_nodeset: str | None = None
+        self.vcpu_cpuset: str | None = None
+        self.vcpupins: list[str] = []
 
     def run(self) -> DomainXML:
         try:
@@ -274,7 +281,9 @@ class _DomainParser:
                          devices=self._match_metadata(), pci_sources=self.pci_sources,
                          metadata_entries=self.entry_attributes,
                          metadata_spans=[entry.metadata_tag for entry in self.entries],
-                         interface_macs=self.interface_macs, test_only=self.test_only)
+                         interface_macs=self.interface_macs, test_only=self.test_only,
+                         placement=GuestPlacement(self.memory_nodeset, self.vcpu_cpuset,
+                                                  tuple(self.vcpupins)))
 
     # -- expat callbacks ------------------------------------------------------
 
@@ -292,6 +301,12 @@ class _DomainParser:
         path = self.stack[self.domain_depth:]
         if depth == 1 and tag in self.fields:
             self.text_target = self.fields[tag]
+        elif depth == 1 and tag == "vcpu":
+            self.vcpu_cpuset = attrs.get("cpuset")
+        elif depth == 2 and path[0] == "numatune" and tag == "memory":
+            self.memory_nodeset = attrs.get("nodeset")
+        elif depth == 2 and path[0] == "cputune" and tag == "vcpupin" and "cpuset" in attrs:
+            self.vcpupins.append(attrs["cpuset"])
         elif depth == 2 and path[0] == "devices":
             self._start_device(tag, attrs)
         elif depth > 2 and path[0] == "devices" and self.device is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from .config import NetworkConfig
 from .errors import ConfigError, SysfsError
+from .numa import HostNodes
 from .pci import PciAddress, is_pci_address
 from .records import record
 
@@ -72,6 +73,8 @@ class Inventory:
         self._pfs: dict[str, list[PciAddress]] = {}
         self._vfs: dict[str, list[VF]] = {}
         self._resolved: dict[str, list[tuple[str, PciAddress | None]]] | None = None
+        self.host_nodes = HostNodes(self.sysfs_root)
+        self._pf_nodes: dict[PciAddress, int | None] = {}
 
     # -- paths ----------------------------------------------------------------
 
@@ -173,6 +176,28 @@ class Inventory:
         """The network's usable VFs, lazily, in a stable order (PF order, VF index)."""
         config = self.networks[network]
         for pf in self.pfs_of_network(network):
+            for vf in self.vfs_of_pf(pf, network):
+                if self._allowed(config, vf.address):
+                    yield vf
+
+    def pf_node(self, pf: PciAddress) -> int | None:
+        """The NUMA node the PF sits on; None where unknown (vfmigrate.numa)."""
+        if pf not in self._pf_nodes:
+            try:
+                numa_node = _read_int(os.path.join(self.pci_device_dir(pf), "numa_node"))
+            except SysfsError:
+                numa_node = None
+            self._pf_nodes[pf] = self.host_nodes.node_of_pf(numa_node)
+        return self._pf_nodes[pf]
+
+    def iter_vfs_near(self, network: str, nodes: frozenset[int], *,
+                      required: bool) -> Iterator[VF]:
+        """The network's usable VFs on PFs of ``nodes`` first, then (unless ``required``)
+        the others; each group in the stable order of :meth:`iter_vfs`."""
+        config = self.networks[network]
+        pfs = self.pfs_of_network(network)
+        near = [pf for pf in pfs if self.pf_node(pf) in nodes]
+        for pf in near if required else near + [pf for pf in pfs if pf not in near]:
             for vf in self.vfs_of_pf(pf, network):
                 if self._allowed(config, vf.address):
                     yield vf

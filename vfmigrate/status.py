@@ -35,6 +35,7 @@ class PFStatus:
     address: str
     num_vfs: int
     total_vfs: int | None
+    numa_node: int | None          # None: unknown (vfmigrate.numa)
     vfs: list[VFStatus] = field(default_factory=list)
 
 
@@ -43,6 +44,7 @@ class NetworkStatus:
     name: str
     pfs: list[PFStatus]
     missing_pfs: list[str]
+    numa_affinity: str
 
     def count(self, state: str) -> int:
         return sum(1 for pf in self.pfs for vf in pf.vfs if vf.state == state)
@@ -63,12 +65,13 @@ class HostStatus:
             "networks": [{
                 "name": network.name,
                 "missing_pfs": network.missing_pfs,
+                "numa_affinity": network.numa_affinity,
                 "counts": {state: network.count(state)
                            for state in ("free", "incoming", "active", "in-use")},
                 "out_of_use": {state: network.count(state)
                                for state in ("resetting", "reset-failed")},
                 "pfs": [{"spec": pf.spec, "address": pf.address, "num_vfs": pf.num_vfs,
-                         "total_vfs": pf.total_vfs,
+                         "total_vfs": pf.total_vfs, "numa_node": pf.numa_node,
                          "vfs": [vars(vf) | {"netdevs": list(vf.netdevs)} for vf in pf.vfs]}
                         for pf in network.pfs],
             } for network in self.networks],
@@ -94,7 +97,7 @@ def host_status(config: Config, inventory: Inventory, ledger: Ledger,
         pfs = []
         for pf in inventory.pf_details(name):
             pf_status = PFStatus(spec=pf.spec, address=str(pf.address), num_vfs=pf.num_vfs,
-                                 total_vfs=pf.total_vfs)
+                                 total_vfs=pf.total_vfs, numa_node=inventory.pf_node(pf.address))
             for vf in vfs_by_pf.get(pf.address, []):
                 seen.add(vf.address)
                 details = inventory.details(vf.address)
@@ -117,7 +120,8 @@ def host_status(config: Config, inventory: Inventory, ledger: Ledger,
                     netdevs=details.netdevs, numa_node=details.numa_node))
             pfs.append(pf_status)
         networks.append(NetworkStatus(name=name, pfs=pfs,
-                                      missing_pfs=inventory.missing_pfs.get(name, [])))
+                                      missing_pfs=inventory.missing_pfs.get(name, []),
+                                      numa_affinity=config.networks[name].numa_affinity))
     stray = [claim for address, claim in claims.items() if address not in seen]
     for claim in claims.values():
         if claim.reset_state == RESET_FAILED:

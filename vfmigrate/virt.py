@@ -281,6 +281,23 @@ class LibvirtHost:
         except self.libvirt.libvirtError as error:
             raise failure("list node devices", error) from None
 
+    def numa_cells(self) -> dict[int, frozenset[int]]:
+        """The host's NUMA cells and their CPU ids, from its capabilities ({} if none
+        are reported)."""
+        import xml.etree.ElementTree as ElementTree
+        try:
+            root = ElementTree.fromstring(self.connection.getCapabilities())
+        except self.libvirt.libvirtError as error:
+            raise failure("read capabilities", error) from None
+        cells: dict[int, frozenset[int]] = {}
+        for cell in root.iterfind("host/topology/cells/cell"):
+            try:
+                cells[int(cell.get("id", ""))] = frozenset(
+                    int(cpu.get("id", "")) for cpu in cell.iterfind("cpus/cpu"))
+            except ValueError:
+                continue
+        return cells
+
     def hostdev_networks(self) -> dict[str, list[str]]:
         """libvirt networks with ``<forward mode='hostdev'>``: name -> PF netdevs."""
         import xml.etree.ElementTree as ElementTree

@@ -197,3 +197,74 @@ def test_test_only_vf_entries_are_a_problem_unless_allowed(host, tmp_path):
     code, report = check(host, f"test://{path}", destination_host(tmp_path))
     [dev] = report["devices"]
     assert (code, dev["path"], dev["reason"]) == (10, "assisted", "VF held outside the device list")
+
+
+ON_NODE_1 = "<numatune><memory mode='strict' nodeset='1'/></numatune>"
+
+
+def numa_destination(tmp_path) -> str:
+    """DESTINATION with ens1f0's PF on NUMA node 0 and ens2f0's on node 1."""
+    path = tmp_path / "destination.xml"
+    xml = DESTINATION % {"network": ""}
+    for bus, node in (("94", 0), ("134", 1)):
+        marker = f"<bus>{bus}</bus><slot>0</slot><function>0</function>"
+        xml = xml.replace(marker, f"{marker}<numa node='{node}'/>", 1)
+    path.write_text(xml)
+    return f"test://{path}"
+
+
+def pinned_source(tmp_path, devices: list[str], placement: str) -> str:
+    path = tmp_path / "source.xml"
+    path.write_text(f"<node><domain type='test'><name>vfguest</name><memory>65536</memory>"
+                    f"{placement}<os><type>hvm</type></os><devices>{''.join(devices)}"
+                    "</devices></domain></node>")
+    return f"test://{path}"
+
+
+def test_a_pinned_guest_is_told_how_many_free_vfs_sit_on_its_node(host, tmp_path):
+    host.write_config({"physnet1": "ens1f0, ens2f0"})
+    source = pinned_source(tmp_path, [device(host.physnet1_vfs[5], "52:54:00:00:00:01")],
+                           ON_NODE_1)
+    code, report = check(host, source, numa_destination(tmp_path))
+    [network] = report["networks"]
+    # ens1f0 (node 0): 1 of 2 free; ens2f0 (node 1): 3 free
+    assert (code, network["free"], network["near"], network["nodes"], network["affinity"]) \
+        == (10, 4, 3, "1", "preferred")
+
+
+def test_required_affinity_without_room_on_the_guests_node_cannot_migrate(host, tmp_path):
+    host.write_config({"physnet1": "ens1f0"})
+    with host.config_path.open("a") as config:
+        config.write("numa_affinity = required\n")
+    source = pinned_source(tmp_path, [device(host.physnet1_vfs[5], "52:54:00:00:00:01")],
+                           ON_NODE_1)
+    code, report = check(host, source, numa_destination(tmp_path))
+    assert (code, report["networks"][0]["near"]) == (1, 0)
+    assert report["problems"] == [
+        "network physnet1: the destination has 0 free VFs on NUMA node 1, where the guest "
+        "runs, for 1, and numa_affinity = required (as in this host's config)"]
+    out, err = io.StringIO(), io.StringIO()
+    main(["vfmigrate", "--config", str(host.config_path), "check", "vfguest",
+          numa_destination(tmp_path), "--uri", source], out, err)
+    assert ("  network physnet1 on the destination: needs 1, 1 free of 2 (PFs named as in "
+            "this host's config); 0 free on NUMA node 1, where the guest runs "
+            "(numa_affinity = required)") in out.getvalue().splitlines()
+
+
+def test_preferred_affinity_without_room_is_a_note(host, tmp_path):
+    host.write_config({"physnet1": "ens1f0"})
+    source = pinned_source(tmp_path, [device(host.physnet1_vfs[5], "52:54:00:00:00:01")],
+                           ON_NODE_1)
+    code, report = check(host, source, numa_destination(tmp_path))
+    assert (code, report["problems"]) == (10, [])
+    assert ("network physnet1: the destination has 0 free VFs on NUMA node 1, where the "
+            "guest runs, for 1: the others would come from another node") in report["notes"]
+
+
+def test_cpu_pins_on_a_destination_without_cells_are_unknown_not_a_refusal(host, tmp_path):
+    source = pinned_source(tmp_path, [device(host.physnet1_vfs[5], "52:54:00:00:00:01")],
+                           "<vcpu cpuset='8-11'>2</vcpu>")
+    code, report = check(host, source, numa_destination(tmp_path))
+    assert (code, report["networks"][0]["near"]) == (10, None)
+    assert any("whether its VFs sit on the guest's node is unknown" in note
+               for note in report["notes"])

@@ -34,7 +34,22 @@ def test_status_shows_states_and_owners(host):
     assert any("0000:3b:01.0  free     -  [vfio-pci]" in line for line in lines)
     assert any("0000:3b:01.7  free     -  [iavf ens1f0v7]" in line for line in lines)
     assert "network physnet2: 4 VFs, 3 free, 1 incoming, 0 active" in out
+    # the fake host has no node directory: a PF's numa_node 0 is all it knows
+    assert "  PF ens1f0 (0000:3b:00.0): 8 of 256 VFs enabled, NUMA node 0" in lines
     assert rewritten
+
+
+def test_status_names_each_pfs_numa_node_and_the_networks_policy(host):
+    host.sysfs.add_numa_node(0, "0-7")
+    host.sysfs.add_numa_node(1, "8-15")
+    (host.sysfs.root / "bus/pci/devices/0000:af:00.0/numa_node").write_text("-1\n")
+    code, out, _ = run_cli(host, "status")
+    assert "  PF 0000:af:00.0 (0000:af:00.0): 4 of 127 VFs enabled, NUMA node unknown" in \
+        out.splitlines()
+    data = json.loads(run_cli(host, "status", "--json")[1])
+    assert [(n["name"], n["numa_affinity"], n["pfs"][0]["numa_node"])
+            for n in data["networks"]] == [("physnet1", "preferred", 0),
+                                           ("physnet2", "preferred", None)]
 
 
 def test_status_json(host):
