@@ -69,6 +69,13 @@ class NoVFOnGuestNodes(Refused):
         super().__init__(network=network, domain=domain, where=where, counts=", ".join(counts))
 
 
+class NoPFSpread(Refused):
+    msg_fmt = ("guest '{domain}' had its VFs in network '{network}' on different PFs on the "
+               "source, and this host has no free VF for {device} on a PF other than "
+               "{pfs}, which its other VFs there took (pf_spread = required); free a VF on "
+               "another PF of the network, or set pf_spread = preferred")
+
+
 VFIO_DRIVER = "vfio-pci"
 
 
@@ -209,13 +216,15 @@ class Claims:
         return True
 
     def _keep_address(self, device: VFDevice, network: str, taken: set[PciAddress],
-                      nodes: frozenset[int] | None) -> VF | None:
-        """The device's current address, if it is a free VF of the network here too (and
-        on the guest's NUMA nodes, where the network weighs them)."""
+                      nodes: frozenset[int] | None, avoid: set[PciAddress]) -> VF | None:
+        """The device's current address, if it is a free VF of the network here too (on
+        the guest's NUMA nodes, where the network weighs them, and on none of ``avoid``,
+        the PFs the guest's VFs that were on other PFs took)."""
         if device.address is None or device.address in taken:
             return None
         vf = self.inventory.find_vf(device.address)
-        if vf is None or vf.network != network or not self._usable(vf, device):
+        if vf is None or vf.network != network or vf.pf in avoid \
+                or not self._usable(vf, device):
             return None
         if self._affinity(network, nodes) != "none" \
                 and self.inventory.pf_node(vf.pf) not in nodes:
@@ -238,10 +247,29 @@ class Claims:
     def _candidates(self, network: str, nodes: frozenset[int] | None) -> Iterator[VF]:
         """The network's VFs in the order they are given out: on the guest's NUMA nodes
         first (only those under ``required``), then by PF order and VF index."""
-        affinity = self._affinity(network, nodes)
-        if affinity == "none":
-            return self.inventory.iter_vfs(network)
-        return self.inventory.iter_vfs_near(network, nodes, required=affinity == "required")
+        for tier in self.inventory.pf_tiers(network, nodes, self._affinity(network, nodes)):
+            yield from self.inventory.iter_vfs_of(network, tier)
+
+    def _choose_apart(self, network: str, nodes: frozenset[int] | None,
+                      avoid: set[PciAddress], usable: Callable[[VF], bool]
+                      ) -> tuple[VF | None, bool]:
+        """The first usable VF, NUMA tier by NUMA tier, on a PF not in ``avoid``; within
+        a tier, under ``pf_spread = preferred``, one on a PF in ``avoid`` before the next
+        tier (NUMA before spread).  Returns the VF (None: none) and whether it is apart."""
+        spread = self.config.networks[network].pf_spread
+        for tier in self.inventory.pf_tiers(network, nodes, self._affinity(network, nodes)):
+            apart = [pf for pf in tier if pf not in avoid]
+            vf = next((vf for vf in self.inventory.iter_vfs_of(network, apart) if usable(vf)),
+                      None)
+            if vf is not None:
+                return vf, True
+            if spread != "required":
+                shared = [pf for pf in tier if pf in avoid]
+                vf = next((vf for vf in self.inventory.iter_vfs_of(network, shared)
+                           if usable(vf)), None)
+                if vf is not None:
+                    return vf, False
+        return None, False
 
     def reserve_incoming(self, domain: DomainXML, operation: str
                          ) -> tuple[list[Assignment], list[Change]]:
@@ -263,15 +291,27 @@ class Claims:
             taken = snapshot.taken_from(domain.uuid)
             nodes = self._guest_nodes(domain)
             cursors: dict[str, Iterator[VF]] = {}
+            # PFs taken here by each (network, pf ordinal) of the guest's metadata
+            spread: dict[tuple[str, str], set[PciAddress]] = {}
             for device in domain.travelling_devices:
                 network = self.network_for(device, domain)
-                choice = self._keep_address(device, network, taken, nodes)
-                if choice is None and device.managed is False:
+                group = device.entry.get("pf")
+                avoid = set().union(*(pfs for (net, other), pfs in spread.items()
+                                      if net == network and other != group)) \
+                    if group is not None else set()
+                choice = self._keep_address(device, network, taken, nodes, avoid)
+                apart = True
+                if choice is None and (device.managed is False or avoid):
                     # Its own pass: VFs it skips stay for the devices after it.
-                    choice = next((vf for vf in self._candidates(network, nodes)
-                                   if vf.address not in taken and self._usable(vf, device)),
-                                  None)
-                    if choice is None:
+                    def usable(vf: VF, device: VFDevice = device) -> bool:
+                        return vf.address not in taken and self._usable(vf, device)
+                    choice, apart = self._choose_apart(network, nodes, avoid, usable)
+                    if choice is None and avoid and \
+                            self._choose_apart(network, nodes, set(), usable)[0] is not None:
+                        raise NoPFSpread(domain=domain.name, network=network,
+                                         device=device.describe(' on the source'),
+                                         pfs=", ".join(sorted(map(str, avoid))))
+                    if choice is None and device.managed is False:
                         raise NoVfioVF(network=network, device=device.describe(),
                                        domain=domain.name)
                 if choice is None:
@@ -291,9 +331,17 @@ class Claims:
                                         state=INCOMING,
                                         reason=f"{operation}: for {device.describe()}")
                 taken.add(choice.address)
+                if group is not None:
+                    spread.setdefault((network, group), set()).add(choice.pf)
                 assignments.append(Assignment(device, choice, claim))
                 changes.append(Change.of(Event.RESERVED, claim,
                                       f"reserved for its {device.describe(' on the source')}"))
+                if not apart:
+                    changes.append(Change.of(
+                        Event.SPREAD, claim,
+                        f"shares PF {choice.pf} with another of its VFs, which sat on "
+                        "another PF on the source: no other PF of the network has a free "
+                        "VF here (pf_spread = preferred)"))
         return assignments, changes
 
     def _refuse_off_node(self, network: str, nodes: frozenset[int] | None,

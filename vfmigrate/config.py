@@ -19,6 +19,7 @@ An INI-style file with one ``[vfmigrate]`` section of host settings and one
     allow_vfs = 0000:3b:02.*              # optional: only these VFs (glob patterns)
     deny_vfs = 0000:3b:02.0               # optional: never these VFs
     numa_affinity = preferred             # or required, none (vfmigrate.numa)
+    pf_spread = preferred                 # or required: keep a guest's VFs on several PFs
 
 Every problem is reported as one :class:`ConfigSyntaxError` naming file, line
 and key.  The path comes from ``--config``, else ``$VFMIGRATE_CONFIG``, else
@@ -50,16 +51,20 @@ def is_network_label(name: str) -> bool:
     return name[:1] in lexical.ASCII_ALNUM and lexical.made_of(name, _LABEL_CHARACTERS, 1, 64)
 
 
-class NetworkConfig(record("NetworkConfig", "name pfs allow_vfs deny_vfs numa_affinity")):
-    """One ``[network NAME]``: PF specs (netdev names or PCI addresses), VF globs, and
-    how the guest's NUMA nodes weigh in the choice of a VF."""
+class NetworkConfig(record("NetworkConfig",
+                           "name pfs allow_vfs deny_vfs numa_affinity pf_spread")):
+    """One ``[network NAME]``: PF specs (netdev names or PCI addresses), VF globs, how
+    the guest's NUMA nodes weigh in the choice of a VF, and whether VFs that sat on
+    different PFs on the source must do so here (``required``) or should
+    (``preferred``: a warning where they cannot)."""
 
     __slots__ = ()
 
     def __new__(cls, name: str, pfs: tuple[str, ...], allow_vfs: tuple[str, ...] = (),
-                deny_vfs: tuple[str, ...] = (),
-                numa_affinity: str = DEFAULT_AFFINITY) -> NetworkConfig:
-        return super().__new__(cls, name, pfs, allow_vfs, deny_vfs, numa_affinity)
+                deny_vfs: tuple[str, ...] = (), numa_affinity: str = DEFAULT_AFFINITY,
+                pf_spread: str = "preferred") -> NetworkConfig:
+        return super().__new__(cls, name, pfs, allow_vfs, deny_vfs, numa_affinity,
+                               pf_spread)
 
 
 class Config:
@@ -139,7 +144,8 @@ _HOST_KEYS = {"state_dir", "sysfs_root", "libvirt_run_dir", "reservation_timeout
               "lock_timeout", "reset_timeout", "libvirt_uri", "vf_reset", "allow_stand_ins"}
 _BOOLEANS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
 _VF_RESET_MODES = ("netlink", "none")
-_NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs", "numa_affinity"}
+_NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs", "numa_affinity", "pf_spread"}
+_SPREAD_POLICIES = ("required", "preferred")
 
 
 class _Parser:
@@ -264,8 +270,14 @@ class _Parser:
                 if affinity not in AFFINITY_POLICIES:
                     raise self.fail(number, "numa_affinity",
                                     f"must be one of {', '.join(AFFINITY_POLICIES)}")
+            spread = "preferred"
+            if "pf_spread" in section:
+                number, spread = section["pf_spread"]
+                if spread not in _SPREAD_POLICIES:
+                    raise self.fail(number, "pf_spread",
+                                    f"must be one of {', '.join(_SPREAD_POLICIES)}")
             networks[name] = NetworkConfig(name=name, pfs=tuple(pfs), **patterns,
-                                           numa_affinity=affinity)
+                                           numa_affinity=affinity, pf_spread=spread)
         return Config(path=self.path, networks=networks, **settings)
 
 

@@ -440,6 +440,9 @@ _ENTRY_CHECKS = {
     "mac": (lexical.is_mac, "is not a MAC address"),
     "network": (is_network_label, "is not a valid label"),
     "vlan": (_is_vlan, "is not 0-4095"),
+    "pf": (lambda v: lexical.made_of(v, lexical.ASCII_DIGITS, 1, 2)
+           and int(v) <= metadata.MAX_PF_ORDINAL,
+           f"is not a PF ordinal 0-{metadata.MAX_PF_ORDINAL}"),
     "address": (_is_pci, "is not a PCI address (DDDD:BB:SS.F)"),
     "guest-address": (_is_pci, "is not a PCI address (DDDD:BB:SS.F)"),
     "replug": (lambda v: v in REPLUG_STATES, f"is not one of {', '.join(REPLUG_STATES)}"),

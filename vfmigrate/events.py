@@ -79,6 +79,8 @@ class Event(metaclass=_Kinds):
     LISTENER = EventKind("LISTENER", "4bfacb2dc9984b559e85da0e928e6e08")
     # VF MAC/VLAN set for a teamed <hostdev>
     CONFIGURED = EventKind("CONFIGURED", "445ed6f424c74e21bd605136cc6a3561")
+    # an arriving guest's VFs share a PF that were on different PFs on the source
+    SPREAD = EventKind("SPREAD", "7211190c21c04066be8f63c1dbbe6593")
 
     ALL: tuple[EventKind, ...] = ()
 

@@ -165,7 +165,8 @@ class HookCall:
         for change in changes:
             self.log.event(change.event, f"guest {domain.name} {doing}: VF {change.vf} of "
                            f"network {change.network} {change.detail}",
-                           domain=domain.name, vf=change.vf, network=change.network)
+                           domain=domain.name, vf=change.vf, network=change.network,
+                           **({"priority": WARNING} if change.event is Event.SPREAD else {}))
 
     def _log_skipped(self, inventory: Inventory) -> None:
         for problem in inventory.skipped:

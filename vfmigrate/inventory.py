@@ -190,17 +190,31 @@ class Inventory:
             self._pf_nodes[pf] = self.host_nodes.node_of_pf(numa_node)
         return self._pf_nodes[pf]
 
+    def pf_tiers(self, network: str, nodes: frozenset[int] | None,
+                 affinity: str) -> list[list[PciAddress]]:
+        """The network's PFs in the tiers VFs are given out in: all of them (``nodes``
+        None or ``affinity`` "none"), else those on ``nodes``, then (unless ``affinity``
+        is "required") the others."""
+        pfs = self.pfs_of_network(network)
+        if nodes is None or affinity == "none":
+            return [pfs]
+        near = [pf for pf in pfs if self.pf_node(pf) in nodes]
+        return [near] if affinity == "required" else [near, [pf for pf in pfs if pf not in near]]
+
+    def iter_vfs_of(self, network: str, pfs: Iterable[PciAddress]) -> Iterator[VF]:
+        """The network's usable VFs of ``pfs``, PF by PF, in VF index order."""
+        config = self.networks[network]
+        for pf in pfs:
+            for vf in self.vfs_of_pf(pf, network):
+                if self._allowed(config, vf.address):
+                    yield vf
+
     def iter_vfs_near(self, network: str, nodes: frozenset[int], *,
                       required: bool) -> Iterator[VF]:
         """The network's usable VFs on PFs of ``nodes`` first, then (unless ``required``)
         the others; each group in the stable order of :meth:`iter_vfs`."""
-        config = self.networks[network]
-        pfs = self.pfs_of_network(network)
-        near = [pf for pf in pfs if self.pf_node(pf) in nodes]
-        for pf in near if required else near + [pf for pf in pfs if pf not in near]:
-            for vf in self.vfs_of_pf(pf, network):
-                if self._allowed(config, vf.address):
-                    yield vf
+        for tier in self.pf_tiers(network, nodes, "required" if required else "preferred"):
+            yield from self.iter_vfs_of(network, tier)
 
     def vfs_of_network(self, network: str) -> list[VF]:
         if network not in self._vfs:

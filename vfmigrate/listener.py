@@ -580,6 +580,12 @@ class Listener:
             return vf.network if vf is not None else None
         return network_of
 
+    def _pf_of(self, inventory: Inventory):
+        def pf_of(address):
+            vf = inventory.find_vf(address)
+            return vf.pf if vf is not None else None
+        return pf_of
+
     def label_guest(self, uuid: str) -> bool:
         """Name each VF's network in the guest's metadata; True if it changed."""
         guest = self.host.guest(uuid)
@@ -587,7 +593,8 @@ class Listener:
             return False
         parsed = self._parse(guest.xml)
         inventory = Inventory.of(self.config)
-        entries = metadata.labelled_entries(parsed, self._network_of(inventory))
+        entries = metadata.labelled_entries(parsed, self._network_of(inventory),
+                                            self._pf_of(inventory))
         if entries is None:
             return False
         changed = self.host.set_metadata(uuid, metadata.render(entries), METADATA_NAMESPACE,

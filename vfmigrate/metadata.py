@@ -11,6 +11,12 @@ of a migration knows which pool to take a VF from::
       <vf alias="ua-vf0" network="physnet2" vlan="100"/>
     </vfs>
 
+**PF spread** (``pf``): where a guest holds several VFs of one network, each entry
+of that network has ``pf``, the ordinal (0, 1, …) of the PF its VF sat on when the
+guest was first labelled; entries with different ordinals sat on different PFs,
+which is the redundancy a destination keeps (``pf_spread``).  It records the
+intent, so a destination that could not keep it does not rewrite it.
+
 **Which device an entry describes** (:func:`device_of`): the device whose
 ``alias`` is the entry's alias; if no device has it (or the entry has none),
 the device whose MAC is the entry's MAC.  Where several entries describe one
@@ -34,8 +40,9 @@ libvirt stores the element under the namespace with the prefix ``vfmigrate``
 from __future__ import annotations
 
 PREFIX = "vfmigrate"
-ENTRY_ATTRIBUTES = ("alias", "mac", "network", "vlan", "address", "device", "guest-address",
-                    "bridge", "replug")
+ENTRY_ATTRIBUTES = ("alias", "mac", "network", "vlan", "pf", "address", "device",
+                    "guest-address", "bridge", "replug")
+MAX_PF_ORDINAL = 63
 REPLUG_STATES = ("on-arrival", "pending")
 DEVICE_TYPES = ("interface", "hostdev", "stand-in", "simulated")
 TEST_ONLY_DEVICE_TYPES = ("stand-in", "simulated")
@@ -88,16 +95,20 @@ def render(entries: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def labelled_entries(domain, network_of) -> list[dict[str, str]] | None:
-    """The guest's entries with every local VF device labelled with its network.
+def labelled_entries(domain, network_of, pf_of=lambda address: None
+                     ) -> list[dict[str, str]] | None:
+    """The guest's entries with every local VF device labelled with its network and,
+    where it holds several VFs of a network none of whose entries has one yet, the
+    ordinal of each VF's PF (``pf``).
 
     ``network_of`` maps a host VF address to its network on this host (None
-    for devices that are not VFs of a configured network).  Returns None when
-    the metadata already says all of it.
+    for devices that are not VFs of a configured network); ``pf_of`` to its PF's
+    address.  Returns None when the metadata already says all of it.
     """
     entries = [dict(entry) for entry in domain.metadata_entries]
     devices = [device for device in domain.devices if device.kind != "metadata"]
     changed = False
+    labelled: dict[str, list[tuple[dict[str, str], object]]] = {}
     for device in devices:
         if device.address is None:
             continue
@@ -111,4 +122,15 @@ def labelled_entries(domain, network_of) -> list[dict[str, str]] | None:
         if entry.get("network") != network:
             entry["network"] = network
             changed = True
+        labelled.setdefault(network, []).append((entry, pf_of(device.address)))
+    for network, members in labelled.items():
+        pfs = [pf for _, pf in members]
+        if len(members) < 2 or None in pfs or any("pf" in entry for entry, _ in members):
+            continue
+        ordinals = {pf: str(index) for index, pf in enumerate(dict.fromkeys(pfs))}
+        if len(ordinals) > MAX_PF_ORDINAL + 1:
+            continue
+        for entry, pf in members:
+            entry["pf"] = ordinals[pf]
+        changed = True
     return entries if changed else None
