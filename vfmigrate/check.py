@@ -33,7 +33,8 @@ from . import domxml, lexical, standins
 from .config import Config
 from .errors import counted
 from .inventory import Inventory
-from .numa import DEFAULT_AFFINITY, UNPINNED, BadCpuset, format_set, guest_nodes, node_of_pf
+from .numa import (DEFAULT_AFFINITY, UNPINNED, BadCpuset, format_set, guest_nodes,
+                   node_of_pf, nodes_phrase, parse_set)
 from .pci import PciAddress
 
 EXIT_PLAIN, EXIT_ASSISTED, EXIT_CANNOT = 0, 10, 1
@@ -107,8 +108,8 @@ class CheckReport:
             free = "not visible" if network.free is None else f"{network.free} free of " \
                                                                 f"{network.total}"
             near = "" if network.near is None else (
-                f"; {network.near} free on NUMA {_nodes(network.nodes)}, where the guest "
-                f"runs (numa_affinity = {network.affinity})")
+                f"; {network.near} free on NUMA {nodes_phrase(parse_set(network.nodes))}, "
+                f"where the guest runs (numa_affinity = {network.affinity})")
             lines.append(f"  network {network.network} on the destination: needs "
                          f"{network.needed}, {free} ({network.method}){near}")
         lines.append(f"  destination: libvirt {_version(self.destination_libvirt)}, "
@@ -147,10 +148,6 @@ def run_check(source, destination, domain_name: str, *, destination_uri: str,
     _check_versions(report, parsed)
     _check_capacity(report, destination, config, parsed.placement)
     return report
-
-
-def _nodes(nodes: str) -> str:
-    return f"node {nodes}" if "," not in nodes and "-" not in nodes else f"nodes {nodes}"
 
 
 def _check_device(device: domxml.VFDevice, inventory: Inventory | None, config: Config | None,
@@ -245,7 +242,8 @@ def _check_capacity(report: CheckReport, destination, config: Config | None,
             report.problems.append(f"network {network}: the destination has "
                                    f"{counted(free, 'free VF')} for {count} ({method})")
         elif near is not None and near < count and affinity != "none":
-            where = f"{counted(near, 'free VF')} on NUMA {_nodes(check.nodes)}, where the guest runs"
+            where = (f"{counted(near, 'free VF')} on NUMA {nodes_phrase(nodes)}, where the "
+                     "guest runs")
             if affinity == "required":
                 report.problems.append(
                     f"network {network}: the destination has {where}, for {count}, and "

@@ -21,10 +21,10 @@ from __future__ import annotations
 from .config import Config
 from .domxml import DomainXML, VFDevice
 from .errors import (BadDomainXML, NoFreeVF, Refused, UnknownNetwork, UnlabelledDevice,
-                     VFTaken, VfmigrateError, counted)
+                     VFTaken, VfmigrateError, counted, vf_counts)
 from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, Claim, Ledger
-from .numa import BadCpuset, format_set
+from .numa import BadCpuset, nodes_phrase
 from .events import Event, EventKind
 from .ownership import Snapshot
 from .pci import PciAddress
@@ -58,15 +58,9 @@ class NoVFOnGuestNodes(Refused):
 
     def __init__(self, *, network: str, domain: str, nodes: frozenset[int], total: int,
                  unavailable: int, own: int) -> None:
-        where = (f"node {format_set(nodes)}" if len(nodes) == 1
-                 else f"nodes {format_set(nodes)}" if nodes else "nodes of its CPUs (none)")
-        counts = [counted(total, "VF") + " there"]
-        if unavailable:
-            counts.append(f"{unavailable} claimed or in use")
-        if own:
-            counts.append(f"{own} already given to this guest's other "
-                          + ("device" if own == 1 else "devices"))
-        super().__init__(network=network, domain=domain, where=where, counts=", ".join(counts))
+        where = nodes_phrase(nodes) if nodes else "nodes of its CPUs (none)"
+        super().__init__(network=network, domain=domain, where=where,
+                         counts=vf_counts(counted(total, "VF") + " there", unavailable, own))
 
 
 class NoPFSpread(Refused):
@@ -319,11 +313,14 @@ class Claims:
                     choice = next((vf for vf in cursor if vf.address not in taken
                                    and self.inventory.present(vf)), None)
                 if choice is None:
-                    self._refuse_off_node(network, nodes, domain, taken, assignments)
+                    if self._affinity(network, nodes) == "required":
+                        near = list(self._candidates(network, nodes))
+                        own, unavailable = _unavailable(near, taken, assignments)
+                        raise NoVFOnGuestNodes(network=network, domain=domain.name,
+                                               nodes=nodes, total=len(near), own=own,
+                                               unavailable=unavailable)
                     vfs = self.inventory.vfs_of_network(network)
-                    given = {a.vf.address for a in assignments}
-                    own = sum(1 for vf in vfs if vf.address in given)
-                    unavailable = sum(1 for vf in vfs if vf.address in taken) - own
+                    own, unavailable = _unavailable(vfs, taken, assignments)
                     raise NoFreeVF(network=network, total=len(vfs), unavailable=unavailable,
                                    own=own, absent=len(vfs) - unavailable - own)
                 claim = self.ledger.add(vf=choice.address, network=network,
@@ -343,19 +340,6 @@ class Claims:
                         "another PF on the source: no other PF of the network has a free "
                         "VF here (pf_spread = preferred)"))
         return assignments, changes
-
-    def _refuse_off_node(self, network: str, nodes: frozenset[int] | None,
-                         domain: DomainXML, taken: set[PciAddress],
-                         assignments: list[Assignment]) -> None:
-        """Under ``numa_affinity = required``, the refusal that names the guest's nodes."""
-        if self._affinity(network, nodes) != "required":
-            return
-        near = list(self.inventory.iter_vfs_near(network, nodes, required=True))
-        given = {assignment.vf.address for assignment in assignments}
-        own = sum(1 for vf in near if vf.address in given)
-        raise NoVFOnGuestNodes(network=network, domain=domain.name, nodes=nodes,
-                               total=len(near), own=own,
-                               unavailable=sum(1 for vf in near if vf.address in taken) - own)
 
     def claim_for_start(self, domain: DomainXML) -> list[Change]:
         """Claim, as active, every VF of ours the guest names (``prepare``/``start``).
@@ -434,3 +418,12 @@ class Claims:
                     for claim in self.ledger.set_state([own], ACTIVE, "reconnect: running"):
                         changes.append(Change.of(Event.ACTIVATED, claim, "is in use"))
         return changes, conflicts
+
+
+def _unavailable(vfs: list[VF], taken: set[PciAddress], assignments: list[Assignment]
+                 ) -> tuple[int, int]:
+    """Of ``vfs``, how many this guest's other devices were given, and how many other
+    guests claim or use (for a refusal's counts)."""
+    given = {assignment.vf.address for assignment in assignments}
+    own = sum(1 for vf in vfs if vf.address in given)
+    return own, sum(1 for vf in vfs if vf.address in taken) - own

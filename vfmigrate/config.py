@@ -40,6 +40,9 @@ from .records import record
 DEFAULT_CONFIG_PATH = "/etc/vfmigrate/vfmigrate.conf"
 CONFIG_ENV = "VFMIGRATE_CONFIG"
 
+SPREAD_POLICIES = ("required", "preferred")
+DEFAULT_SPREAD = "preferred"
+
 _LABEL_CHARACTERS = lexical.ASCII_ALNUM | frozenset("_.:-")
 _NETDEV_CHARACTERS = lexical.ASCII_ALNUM | frozenset("_.:@-")
 _VF_PATTERN_CHARACTERS = lexical.HEX_DIGITS | frozenset(":.*?[]-")
@@ -62,7 +65,7 @@ class NetworkConfig(record("NetworkConfig",
 
     def __new__(cls, name: str, pfs: tuple[str, ...], allow_vfs: tuple[str, ...] = (),
                 deny_vfs: tuple[str, ...] = (), numa_affinity: str = DEFAULT_AFFINITY,
-                pf_spread: str = "preferred") -> NetworkConfig:
+                pf_spread: str = DEFAULT_SPREAD) -> NetworkConfig:
         return super().__new__(cls, name, pfs, allow_vfs, deny_vfs, numa_affinity,
                                pf_spread)
 
@@ -145,7 +148,9 @@ _HOST_KEYS = {"state_dir", "sysfs_root", "libvirt_run_dir", "reservation_timeout
 _BOOLEANS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
 _VF_RESET_MODES = ("netlink", "none")
 _NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs", "numa_affinity", "pf_spread"}
-_SPREAD_POLICIES = ("required", "preferred")
+# A network's choice settings: the values each may take, and its default.
+_NETWORK_POLICIES = {"numa_affinity": (AFFINITY_POLICIES, DEFAULT_AFFINITY),
+                     "pf_spread": (SPREAD_POLICIES, DEFAULT_SPREAD)}
 
 
 class _Parser:
@@ -264,20 +269,12 @@ class _Parser:
                         if not lexical.made_of(pattern, _VF_PATTERN_CHARACTERS, 1, 32):
                             raise self.fail(number, key, f"{pattern!r} is not a PCI address "
                                             "or glob pattern like 0000:3b:02.*")
-            affinity = DEFAULT_AFFINITY
-            if "numa_affinity" in section:
-                number, affinity = section["numa_affinity"]
-                if affinity not in AFFINITY_POLICIES:
-                    raise self.fail(number, "numa_affinity",
-                                    f"must be one of {', '.join(AFFINITY_POLICIES)}")
-            spread = "preferred"
-            if "pf_spread" in section:
-                number, spread = section["pf_spread"]
-                if spread not in _SPREAD_POLICIES:
-                    raise self.fail(number, "pf_spread",
-                                    f"must be one of {', '.join(_SPREAD_POLICIES)}")
-            networks[name] = NetworkConfig(name=name, pfs=tuple(pfs), **patterns,
-                                           numa_affinity=affinity, pf_spread=spread)
+            policies = {}
+            for key, (allowed, default) in _NETWORK_POLICIES.items():
+                number, policies[key] = section.get(key, (0, default))
+                if policies[key] not in allowed:
+                    raise self.fail(number, key, f"must be one of {', '.join(allowed)}")
+            networks[name] = NetworkConfig(name=name, pfs=tuple(pfs), **patterns, **policies)
         return Config(path=self.path, networks=networks, **settings)
 
 

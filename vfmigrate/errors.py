@@ -63,16 +63,23 @@ class NoFreeVF(Refused):
 
     def __init__(self, *, network: str, total: int, unavailable: int, own: int = 0,
                  absent: int = 0) -> None:
-        counts = [counted(total, "VF")]
-        if unavailable:
-            counts.append(f"{unavailable} claimed or in use")
-        if own:
-            counts.append(f"{own} already given to this guest's other "
-                          + ("device" if own == 1 else "devices"))
-        if absent:
-            counts.append(f"{absent} missing from sysfs")
         super().__init__(network=network, total=total, unavailable=unavailable, own=own,
-                         absent=absent, counts=", ".join(counts))
+                         absent=absent, counts=vf_counts(counted(total, "VF"), unavailable,
+                                                         own, absent))
+
+
+def vf_counts(total: str, unavailable: int, own: int, absent: int = 0) -> str:
+    """``8 VFs, 3 claimed or in use, 1 already given to this guest's other device``:
+    why a refused guest found no VF among ``total`` (already written out)."""
+    counts = [total]
+    if unavailable:
+        counts.append(f"{unavailable} claimed or in use")
+    if own:
+        counts.append(f"{own} already given to this guest's other "
+                      + ("device" if own == 1 else "devices"))
+    if absent:
+        counts.append(f"{absent} missing from sysfs")
+    return ", ".join(counts)
 
 
 class UnknownNetwork(Refused):

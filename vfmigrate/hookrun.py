@@ -14,7 +14,8 @@ from . import domxml
 from .claims import Change, Claims
 from .errors import (ConfigMissing, EXIT_INTERNAL, NotConfigured, VfmigrateError,
                      exit_code_for)
-from .events import ERROR, JOURNAL_SOCKET, WARNING, Event, HookLog, default_sender
+from .events import (ERROR, INFO, JOURNAL_SOCKET, WARNING, Event, HookLog,
+                     default_sender)
 from .inventory import Inventory
 from .ledger import Ledger
 
@@ -166,7 +167,7 @@ class HookCall:
             self.log.event(change.event, f"guest {domain.name} {doing}: VF {change.vf} of "
                            f"network {change.network} {change.detail}",
                            domain=domain.name, vf=change.vf, network=change.network,
-                           **({"priority": WARNING} if change.event is Event.SPREAD else {}))
+                           priority=WARNING if change.event is Event.SPREAD else INFO)
 
     def _log_skipped(self, inventory: Inventory) -> None:
         for problem in inventory.skipped:

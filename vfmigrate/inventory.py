@@ -209,13 +209,6 @@ class Inventory:
                 if self._allowed(config, vf.address):
                     yield vf
 
-    def iter_vfs_near(self, network: str, nodes: frozenset[int], *,
-                      required: bool) -> Iterator[VF]:
-        """The network's usable VFs on PFs of ``nodes`` first, then (unless ``required``)
-        the others; each group in the stable order of :meth:`iter_vfs`."""
-        for tier in self.pf_tiers(network, nodes, "required" if required else "preferred"):
-            yield from self.iter_vfs_of(network, tier)
-
     def vfs_of_network(self, network: str) -> list[VF]:
         if network not in self._vfs:
             self._vfs[network] = list(self.iter_vfs(network))

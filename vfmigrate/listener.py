@@ -574,17 +574,25 @@ class Listener:
             if self.recover_interrupted_migration(uuid):
                 self.reconcile_guest(uuid, "interrupted vfmigrate migrate finished")
 
-    def _network_of(self, inventory: Inventory):
-        def network_of(address):
-            vf = inventory.find_vf(address)
-            return vf.network if vf is not None else None
-        return network_of
+    @staticmethod
+    def _vf_lookups(inventory: Inventory):
+        """``network_of`` and ``pf_of`` for :func:`metadata.labelled_entries`, looking
+        each address up in sysfs once."""
+        found: dict = {}
 
-    def _pf_of(self, inventory: Inventory):
+        def vf_of(address):
+            if address not in found:
+                found[address] = inventory.find_vf(address)
+            return found[address]
+
+        def network_of(address):
+            vf = vf_of(address)
+            return vf.network if vf is not None else None
+
         def pf_of(address):
-            vf = inventory.find_vf(address)
+            vf = vf_of(address)
             return vf.pf if vf is not None else None
-        return pf_of
+        return network_of, pf_of
 
     def label_guest(self, uuid: str) -> bool:
         """Name each VF's network in the guest's metadata; True if it changed."""
@@ -593,8 +601,7 @@ class Listener:
             return False
         parsed = self._parse(guest.xml)
         inventory = Inventory.of(self.config)
-        entries = metadata.labelled_entries(parsed, self._network_of(inventory),
-                                            self._pf_of(inventory))
+        entries = metadata.labelled_entries(parsed, *self._vf_lookups(inventory))
         if entries is None:
             return False
         changed = self.host.set_metadata(uuid, metadata.render(entries), METADATA_NAMESPACE,

@@ -75,6 +75,11 @@ def format_set(numbers) -> str:
     return ",".join(ranges)
 
 
+def nodes_phrase(nodes) -> str:
+    """``node 1``, ``nodes 0-1``: NUMA nodes as a sentence names them."""
+    return f"node {format_set(nodes)}" if len(nodes) == 1 else f"nodes {format_set(nodes)}"
+
+
 class GuestPlacement(record("GuestPlacement", "memory_nodeset vcpu_cpuset vcpupins")):
     """What a domain XML says about where its guest runs, as the XML's text:
     ``<numatune><memory nodeset>``, ``<vcpu cpuset>`` and every ``<vcpupin cpuset>``
