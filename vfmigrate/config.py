@@ -20,6 +20,7 @@ An INI-style file with one ``[vfmigrate]`` section of host settings and one
     deny_vfs = 0000:3b:02.0               # optional: never these VFs
     numa_affinity = preferred             # or required, none (vfmigrate.numa)
     pf_spread = preferred                 # or required: keep a guest's VFs on several PFs
+    settings_parity = trust               # or required, preferred (vfmigrate.vfsettings)
 
 Every problem is reported as one :class:`ConfigSyntaxError` naming file, line
 and key.  The path comes from ``--config``, else ``$VFMIGRATE_CONFIG``, else
@@ -36,6 +37,7 @@ from .errors import ConfigMissing, ConfigSyntaxError
 from .numa import AFFINITY_POLICIES, DEFAULT_AFFINITY
 from .pci import PciAddress, is_pci_address
 from .records import record
+from .vfsettings import DEFAULT_PARITY, PARITY_POLICIES
 
 DEFAULT_CONFIG_PATH = "/etc/vfmigrate/vfmigrate.conf"
 CONFIG_ENV = "VFMIGRATE_CONFIG"
@@ -55,19 +57,23 @@ def is_network_label(name: str) -> bool:
 
 
 class NetworkConfig(record("NetworkConfig",
-                           "name pfs allow_vfs deny_vfs numa_affinity pf_spread")):
+                           "name pfs allow_vfs deny_vfs numa_affinity pf_spread "
+                           "settings_parity")):
     """One ``[network NAME]``: PF specs (netdev names or PCI addresses), VF globs, how
-    the guest's NUMA nodes weigh in the choice of a VF, and whether VFs that sat on
+    the guest's NUMA nodes weigh in the choice of a VF, whether VFs that sat on
     different PFs on the source must do so here (``required``) or should
-    (``preferred``: a warning where they cannot)."""
+    (``preferred``: a warning where they cannot), and which of the VF settings
+    recorded on the source must be applied here for the guest to arrive (``trust``:
+    trust where it was on; ``required``: all; ``preferred``: none, a warning)."""
 
     __slots__ = ()
 
     def __new__(cls, name: str, pfs: tuple[str, ...], allow_vfs: tuple[str, ...] = (),
                 deny_vfs: tuple[str, ...] = (), numa_affinity: str = DEFAULT_AFFINITY,
-                pf_spread: str = DEFAULT_SPREAD) -> NetworkConfig:
+                pf_spread: str = DEFAULT_SPREAD,
+                settings_parity: str = DEFAULT_PARITY) -> NetworkConfig:
         return super().__new__(cls, name, pfs, allow_vfs, deny_vfs, numa_affinity,
-                               pf_spread)
+                               pf_spread, settings_parity)
 
 
 class Config:
@@ -147,10 +153,12 @@ _HOST_KEYS = {"state_dir", "sysfs_root", "libvirt_run_dir", "reservation_timeout
               "lock_timeout", "reset_timeout", "libvirt_uri", "vf_reset", "allow_stand_ins"}
 _BOOLEANS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
 _VF_RESET_MODES = ("netlink", "none")
-_NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs", "numa_affinity", "pf_spread"}
+_NETWORK_KEYS = {"pfs", "allow_vfs", "deny_vfs", "numa_affinity", "pf_spread",
+                 "settings_parity"}
 # A network's choice settings: the values each may take, and its default.
 _NETWORK_POLICIES = {"numa_affinity": (AFFINITY_POLICIES, DEFAULT_AFFINITY),
-                     "pf_spread": (SPREAD_POLICIES, DEFAULT_SPREAD)}
+                     "pf_spread": (SPREAD_POLICIES, DEFAULT_SPREAD),
+                     "settings_parity": (PARITY_POLICIES, DEFAULT_PARITY)}
 
 
 class _Parser:

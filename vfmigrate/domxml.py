@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from xml.parsers import expat
 
-from . import METADATA_NAMESPACE, lexical, metadata
+from . import METADATA_NAMESPACE, lexical, metadata, vfsettings
 from .config import is_network_label
 from .errors import BadDomainXML, Refused
 from .numa import UNPINNED, GuestPlacement
@@ -448,6 +448,7 @@ _ENTRY_CHECKS = {
     "replug": (lambda v: v in REPLUG_STATES, f"is not one of {', '.join(REPLUG_STATES)}"),
     "device": (lambda v: v in DEVICE_TYPES, f"is not one of {', '.join(DEVICE_TYPES)}"),
     "bridge": (lambda v: lexical.made_of(v, _BRIDGE_CHARACTERS, 1, 15), "is not a bridge name"),
+    **vfsettings.CHECKS,
 }
 
 

@@ -77,10 +77,12 @@ class Event(metaclass=_Kinds):
     DETACHED = EventKind("DETACHED", "0ad7ee91f61545498644a1a7aa89a119")
     # listener started/stopped/reconnected
     LISTENER = EventKind("LISTENER", "4bfacb2dc9984b559e85da0e928e6e08")
-    # VF MAC/VLAN set for a teamed <hostdev>
+    # VF settings set on its PF: a teamed <hostdev>'s MAC/VLAN, an arriving guest's settings
     CONFIGURED = EventKind("CONFIGURED", "445ed6f424c74e21bd605136cc6a3561")
     # an arriving guest's VFs share a PF that were on different PFs on the source
     SPREAD = EventKind("SPREAD", "7211190c21c04066be8f63c1dbbe6593")
+    # an arriving guest's VF did not get a setting it had on the source
+    UNAPPLIED = EventKind("UNAPPLIED", "a6b0b03a1c8e4dd7a0a55c4ecb69e049")
 
     ALL: tuple[EventKind, ...] = ()
 

@@ -15,7 +15,10 @@ What it does, per operation (all on the host that runs the hook):
     with only that device's host ``<source><address>`` changed.  All or
     nothing: if one device gets no VF, nothing is claimed, nothing printed,
     and the hook exits 1 with one line on stderr, which libvirt shows in the
-    migration's error; the guest stays on the source.
+    migration's error; the guest stays on the source.  Each chosen VF gets the
+    settings the source recorded in the metadata (trust, rates …;
+    :mod:`vfmigrate.parity`), or the arrival is refused the same way where the
+    network's ``settings_parity`` requires one the PF cannot apply.
 ``prepare begin -`` / ``start begin -``
     Claim as ``active`` every VF of a configured network that the XML names
     (an arriving guest's ``incoming`` claims are confirmed as they are).
@@ -64,13 +67,15 @@ def may_hold_vfs(xml: bytes) -> bool:
 
 def main(argv, stdin, stdout, *, stderr=None, environ=None, config=None,
          sysfs_root=None, ledger=None, clock=time.time, journal_sender=None,
-         journal_socket=None, may_restart=False) -> int:
+         journal_socket=None, may_restart=False, netlink_factory=None) -> int:
     """Run one hook call; returns the exit code.
 
     ``stdin``/``stdout`` are binary streams.  ``config`` (a Config) replaces
     the config file, ``sysfs_root`` its sysfs root, ``ledger`` (a Ledger) its
     ledger; ``journal_sender`` is python-systemd's ``sender_function`` and
     ``journal_socket`` where journald listens (absent: log to ``stderr``).
+    ``netlink_factory`` makes the :class:`~vfmigrate.vfnetlink.VFNetlink` that gives
+    arriving VFs their recorded settings (tests: one over a fake PF).
     ``may_restart``: this is the hook's own process, which may start itself again when
     its package is being replaced (:mod:`vfmigrate.buildcheck`).
     """
@@ -110,7 +115,7 @@ def main(argv, stdin, stdout, *, stderr=None, environ=None, config=None,
                     extra=argv[4] if len(argv) > 4 else "-", xml=xml, stdout=stdout,
                     stderr=stderr, environ=environ, config=config, sysfs_root=sysfs_root,
                     ledger=ledger, clock=clock, journal_sender=journal_sender,
-                    journal_socket=journal_socket)
+                    journal_socket=journal_socket, netlink_factory=netlink_factory)
     return call.run()
 
 

@@ -40,7 +40,7 @@ class HookCall:
 
     def __init__(self, *, domain_name, operation, sub_operation, extra, xml, stdout, stderr,
                  environ, config, sysfs_root, ledger, clock, journal_sender,
-                 journal_socket) -> None:
+                 journal_socket, netlink_factory=None) -> None:
         self.domain_name = domain_name
         self.operation = operation
         self.sub_operation = sub_operation
@@ -53,6 +53,7 @@ class HookCall:
         self.sysfs_root = sysfs_root
         self.ledger = ledger
         self.clock = clock
+        self.netlink_factory = netlink_factory   # tests: a VFNetlink over a fake PF
         sender = journal_sender
         if sender is None:
             sender = default_sender(journal_socket or JOURNAL_SOCKET)
@@ -150,6 +151,12 @@ class HookCall:
         assignments, changes = claims.reserve_incoming(domain, self.operation)
         rewritten = domain.rewrite([(a.device, a.vf.address) for a in assignments])
         try:
+            applied, unapplied = self._apply_settings(config, domain, assignments)
+        except VfmigrateError:
+            claims.release(domain.uuid, f"{self.operation}: its VF settings could not be "
+                                        "applied")
+            raise
+        try:
             if rewritten != self.xml:
                 self.stdout.write(rewritten)
                 self.stdout.flush()
@@ -157,8 +164,36 @@ class HookCall:
             claims.release(domain.uuid, f"{self.operation}: could not hand the XML to libvirt")
             raise
         self._log(domain, changes)
+        self._log_settings(domain, applied, unapplied)
         self._log_skipped(claims.inventory)
         return 0
+
+    def _apply_settings(self, config, domain, assignments):
+        """The source's VF settings on the chosen VFs (:mod:`vfmigrate.parity`)."""
+        if not any(a.device.entry for a in assignments):
+            return [], []
+        from . import parity
+        if not parity.wanted_settings(assignments):
+            return [], []
+        from .rtnl import RouteSocket
+        from .vfnetlink import VFNetlink
+        sysfs_root = self.sysfs_root or config.sysfs_root
+        return parity.apply_on_arrival(
+            config, domain, assignments,
+            self.netlink_factory or (lambda: VFNetlink(sysfs_root, RouteSocket)))
+
+    def _log_settings(self, domain, applied, unapplied) -> None:
+        from .vfsettings import describe
+        doing = _DOING.get(self.operation, self.operation)
+        for done in applied:
+            self.log.event(Event.CONFIGURED, f"guest {domain.name} {doing}: VF {done.vf.address} "
+                           f"(PF {done.vf.pf} vf {done.vf.index}) has the source's "
+                           f"{describe(done.settings)}", domain=domain.name,
+                           vf=done.vf.address, network=done.vf.network)
+        for missing in unapplied:
+            self.log.event(Event.UNAPPLIED, f"guest {domain.name} {doing}: "
+                           f"{missing.sentence()}", priority=WARNING, domain=domain.name,
+                           vf=missing.vf.address, network=missing.vf.network)
 
     def _log(self, domain: domxml.DomainXML, changes: list[Change], doing: str = "") -> None:
         """One sentence per change: "guest web1 is running: VF … of network … is in use"."""

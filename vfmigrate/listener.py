@@ -10,9 +10,13 @@ STOPPED (any detail)      release the guest's claims (idempotent with the
                           hook's ``release``), then reset every released VF
                           nobody holds: MAC 0, VLAN 0, spoof check and trust
                           to host defaults, through netlink on its PF
-STARTED (not MIGRATED)    label the guest's VFs with their network in its
-                          metadata (live, and config if persistent) so that a
-                          later migration carries the label
+STARTED (not MIGRATED)    label the guest's VFs with their network and their
+                          VF settings in its metadata (live, and config if
+                          persistent) so that a later migration carries them
+STARTED (MIGRATED)        give an arriving guest's VFs the MAC of a teamed
+                          ``<hostdev>`` and the recorded VLAN priority
+RTM_NEWLINK on a PF       record again the VF settings of the guests holding
+                          VFs of that PF (not while they migrate)
 arrival (see below)       the guest arrived: its claims become ``active``; a
                           persistent guest's saved definition, which still
                           names the source's VFs, is rewritten to the VFs it
@@ -69,7 +73,8 @@ command still runs is looked at every second.
 
 Threads (set up in :mod:`vfmigrate.supervision`), as in libvirt-python's
 ``examples/event-test.py``: libvirt's default event loop runs on a daemon
-thread named ``libvirt-event-loop``; pyudev's observer on its own.  Callbacks
+thread named ``libvirt-event-loop``; pyudev's observer and the netlink link
+watch on their own.  Callbacks
 only put work on a queue; the main
 thread does the work, one item at a time, so no callback ever blocks libvirt
 and the ledger is used from one thread.
@@ -102,8 +107,10 @@ from .logs import event
 from .claims import Change
 from .reconcile import Reconciler, vf_resetter
 from .supervision import (ConnectionClosed, DeviceChanged, JobCompleted, Lifecycle,
-                          Notifier, Reconcile, RemovalFailed, UdevEvent, Watch, pyudev_watch,
-                          start_libvirt_event_loop, what_work)
+                          LinkChanged, Notifier, Reconcile, RemovalFailed, UdevEvent, Watch,
+                          link_watch, pyudev_watch, start_libvirt_event_loop, what_work)
+from .vfnetlink import VFSettingError
+from . import vfsettings
 from .virt import LibvirtHost, import_libvirt, silence_libvirt_stderr
 
 
@@ -119,7 +126,8 @@ SAVED_PREFIX = "vfmigrate-saved"
 class Listener:
     def __init__(self, config: Config, *, uri: str | None = None, ledger: Ledger | None = None,
                  opener: Callable[[str], object] | None = None, libvirt_module=None,
-                 udev_watch: Callable | None = pyudev_watch, notifier: Notifier | None = None,
+                 udev_watch: Callable | None = pyudev_watch,
+                 netlink_watch: Callable | None = link_watch, notifier: Notifier | None = None,
                  vf_netlink=None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
@@ -128,6 +136,9 @@ class Listener:
         self.libvirt = libvirt_module or import_libvirt()
         self.opener = opener or self.libvirt.open
         self.udev_watch = udev_watch
+        self.netlink_watch = netlink_watch if config.vf_reset != "none" else None
+        self.stop_netlink: Callable[[], None] | None = None
+        self.links_pending: set[str] = set()   # netdevs queued as LinkChanged, not yet handled
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.sleep = sleep
@@ -170,6 +181,11 @@ class Listener:
 
     def _on_udev(self, action: str, subsystem: str, sys_name: str) -> None:
         self.work.put(UdevEvent(action, subsystem, sys_name))
+
+    def _on_link(self, ifname: str) -> None:
+        if ifname not in self.links_pending:   # a burst of changes is looked at once
+            self.links_pending.add(ifname)
+            self.work.put(LinkChanged(ifname))
 
     # -- connection ----------------------------------------------------------
 
@@ -255,6 +271,12 @@ class Listener:
         start_libvirt_event_loop(self.libvirt)
         if self.udev_watch is not None:
             self.stop_udev = self.udev_watch(self._on_udev)
+        if self.netlink_watch is not None:
+            try:
+                self.stop_netlink = self.netlink_watch(self._on_link)
+            except Exception as error:   # no pyroute2, or no netlink socket allowed
+                log.warning("cannot watch netlink for VF setting changes (%s); VF settings "
+                            "are recorded only when guests start or arrive", error)
         self._connect()
         self.work.put(Reconcile("start"))
         ready = False
@@ -282,6 +304,8 @@ class Listener:
         self._disconnect()
         if self.stop_udev is not None:
             self.stop_udev()
+        if self.stop_netlink is not None:
+            self.stop_netlink()
         event(log, Event.LISTENER, "listener stopped after %d events", self.events_handled)
         return 0
 
@@ -349,6 +373,9 @@ class Listener:
             self._reconnect(f"libvirt closed the connection (reason {item.reason})")
         elif isinstance(item, UdevEvent):
             self._udev(*item)
+        elif isinstance(item, LinkChanged):
+            self.links_pending.discard(item.ifname)
+            self.record_settings_on(item.ifname)
         elif isinstance(item, Watch):
             self._check_incoming()
             self._check_leased()
@@ -368,8 +395,10 @@ class Listener:
             # It arrives with RESUMED/MIGRATED, or paused (migrate --suspend) or after
             # post-copy with no event saying so: watched until its migration job ends.
             self.incoming[uuid] = name
-            self._for_guest(uuid, name, "setting the MAC of its teamed hostdevs",
-                            self.configure_teamed_hostdevs)
+            for what, step in (("setting the MAC of its teamed hostdevs",
+                                self.configure_teamed_hostdevs),
+                               ("setting its VFs' VLAN priority", self.apply_vlan_priority)):
+                self._for_guest(uuid, name, what, step)
         elif kind == libvirt.VIR_DOMAIN_EVENT_STARTED:
             for what, step in (("setting the MAC of its teamed hostdevs",
                                 self.configure_teamed_hostdevs),
@@ -574,11 +603,11 @@ class Listener:
             if self.recover_interrupted_migration(uuid):
                 self.reconcile_guest(uuid, "interrupted vfmigrate migrate finished")
 
-    @staticmethod
-    def _vf_lookups(inventory: Inventory):
-        """``network_of`` and ``pf_of`` for :func:`metadata.labelled_entries`, looking
-        each address up in sysfs once."""
+    def _vf_lookups(self, inventory: Inventory):
+        """``network_of``, ``pf_of`` and ``settings_of`` for
+        :func:`metadata.labelled_entries`, looking each address up in sysfs once."""
         found: dict = {}
+        read_settings = getattr(self.vf_netlink, "read_settings", None)
 
         def vf_of(address):
             if address not in found:
@@ -592,7 +621,17 @@ class Listener:
         def pf_of(address):
             vf = vf_of(address)
             return vf.pf if vf is not None else None
-        return network_of, pf_of
+
+        def settings_of(address):
+            vf = vf_of(address)
+            if vf is None or read_settings is None:
+                return None
+            try:
+                return read_settings(vf)
+            except VFSettingError as error:
+                log.debug("VF settings of %s unknown: %s", address, error)
+                return None   # unknown: what is recorded stays
+        return network_of, pf_of, settings_of
 
     def label_guest(self, uuid: str) -> bool:
         """Name each VF's network in the guest's metadata; True if it changed."""
@@ -607,11 +646,74 @@ class Listener:
         changed = self.host.set_metadata(uuid, metadata.render(entries), METADATA_NAMESPACE,
                                          metadata.PREFIX, live=True, config=guest.persistent)
         if changed:
-            labels = ", ".join(f"{e.get('mac') or e.get('alias')}={e['network']}"
-                               for e in entries if e.get("network"))
-            event(log, Event.METADATA, "guest %s: metadata labels %s", guest.name, labels,
-                  domain=guest.name)
+            labels = "; ".join(_label(entry) for entry in entries if entry.get("network"))
+            event(log, Event.METADATA, "guest %s: its metadata now says %s", guest.name,
+                  labels, domain=guest.name)
         return changed
+
+    def record_settings_on(self, ifname: str) -> None:
+        """A netdev changed: if it is a PF's, record the VF settings of each running
+        guest that holds one of its VFs (except while it migrates: its metadata is
+        locked by the migration and travels as it is)."""
+        inventory = Inventory.of(self.config)
+        pfs = {pf for network in self.config.networks for pf in inventory.pfs_of_network(network)
+               if ifname in inventory.details(pf).netdevs}
+        if not pfs:
+            return
+        for guest in self.host.active_guests():
+            try:
+                parsed = self._parse(guest.xml)
+            except BadDomainXML:
+                continue   # warned about by reconcile
+            holds = any(vf is not None and vf.pf in pfs
+                        for vf in (inventory.find_vf(device.address)
+                                   for device in parsed.devices if device.address is not None))
+            if not holds:
+                continue
+            if self.host.migration_job_running(guest.uuid):
+                log.info("guest %s migrates: its VF settings on %s are not recorded again",
+                         guest.name, ifname)
+                continue
+            self._for_guest(guest.uuid, guest.name, "recording its VF settings",
+                            self.label_guest)
+
+    def apply_vlan_priority(self, uuid: str) -> None:
+        """Give an arriving guest's VFs the VLAN priority recorded on the source.
+
+        libvirt sets the VLAN tag of an ``<interface type='hostdev'>`` (the listener
+        that of a teamed ``<hostdev>``) with priority 0, so the priority comes after.
+        """
+        guest = self.host.guest(uuid)
+        if guest is None or b"vlan-" not in guest.xml:
+            return
+        parsed = self._parse(guest.xml)
+        inventory = Inventory.of(self.config)
+        for device in parsed.devices:
+            entry = device.entry or {}
+            wanted = vfsettings.recorded(entry, vfsettings.APPLIED_AFTER_VLAN)
+            vf = inventory.find_vf(device.address) if wanted and device.address else None
+            if vf is None:
+                continue
+            unapplied = []
+            if wanted.get("vlan-proto", "802.1Q") != "802.1Q":
+                unapplied.append(f"VLAN protocol {wanted['vlan-proto']} (vfmigrate sets "
+                                 "802.1Q only)")
+            qos = int(wanted.get("vlan-qos", "0"))
+            if qos and getattr(self.vf_netlink, "set_vlan_priority", None) is None:
+                unapplied.append(f"VLAN priority {qos} (vf_reset = none leaves it to the admin)")
+            elif qos:
+                try:
+                    self.vf_netlink.set_vlan_priority(vf, device.vlan or 0, qos)
+                    event(log, Event.CONFIGURED, "guest %s: VF %s (PF %s vf %d) has the "
+                          "source's VLAN priority %d on VLAN %d", guest.name, vf.address, vf.pf,
+                          vf.index, qos, device.vlan or 0, domain=guest.name, vf=vf.address,
+                          network=vf.network)
+                except VFSettingError as error:
+                    unapplied.append(f"VLAN priority {qos} ({error.fields['problem']})")
+            for what in unapplied:
+                event(log, Event.UNAPPLIED, "guest %s arrived, but VF %s did not get the "
+                      "source's %s", guest.name, vf.address, what, level=logging.WARNING,
+                      domain=guest.name, vf=vf.address, network=vf.network)
 
     def arrived(self, uuid: str, name: str) -> None:
         """A migration finished here: activate, fix the saved definition, label."""
@@ -715,6 +817,13 @@ class Listener:
         self.host.set_metadata(uuid, f"<checked host={metadata.quoteattr(self._this_host())}/>",
                                SAVED_NAMESPACE, SAVED_PREFIX, live=False, config=True)
         return bool(pairs)
+
+
+def _label(entry: dict[str, str]) -> str:
+    """``52:54:00:6d:90:02 is in network physnet1 with trust on``"""
+    text = f"{entry.get('mac') or entry.get('alias')} is in network {entry['network']}"
+    settings = vfsettings.recorded(entry)
+    return f"{text} with {vfsettings.describe(settings)}" if settings else text
 
 
 def _checked_on(saved_xml: bytes) -> str | None:

@@ -17,6 +17,11 @@ guest was first labelled; entries with different ordinals sat on different PFs,
 which is the redundancy a destination keeps (``pf_spread``).  It records the
 intent, so a destination that could not keep it does not rewrite it.
 
+**VF settings** (``trust``, ``spoofchk``, ``min-tx-rate``, ``max-tx-rate``,
+``link-state``, ``vlan-qos``, ``vlan-proto``): those of the VF on its PF that
+differ from a reset VF, as the listener last read them where the guest runs
+(:mod:`vfmigrate.vfsettings`); the destination applies them to its VF.
+
 **Which device an entry describes** (:func:`device_of`): the device whose
 ``alias`` is the entry's alias; if no device has it (or the entry has none),
 the device whose MAC is the entry's MAC.  Where several entries describe one
@@ -39,9 +44,12 @@ libvirt stores the element under the namespace with the prefix ``vfmigrate``
 
 from __future__ import annotations
 
+from . import vfsettings
+
 PREFIX = "vfmigrate"
-ENTRY_ATTRIBUTES = ("alias", "mac", "network", "vlan", "pf", "address", "device",
-                    "guest-address", "bridge", "replug")
+ENTRY_ATTRIBUTES = ("alias", "mac", "network", "vlan", "pf",
+                    *vfsettings.ATTRIBUTES,
+                    "address", "device", "guest-address", "bridge", "replug")
 MAX_PF_ORDINAL = 63
 REPLUG_STATES = ("on-arrival", "pending")
 DEVICE_TYPES = ("interface", "hostdev", "stand-in", "simulated")
@@ -95,15 +103,17 @@ def render(entries: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def labelled_entries(domain, network_of, pf_of=lambda address: None
-                     ) -> list[dict[str, str]] | None:
-    """The guest's entries with every local VF device labelled with its network and,
-    where it holds several VFs of a network none of whose entries has one yet, the
-    ordinal of each VF's PF (``pf``).
+def labelled_entries(domain, network_of, pf_of=lambda address: None,
+                     settings_of=lambda address: None) -> list[dict[str, str]] | None:
+    """The guest's entries with every local VF device labelled with its network, its
+    VF settings and, where it holds several VFs of a network none of whose entries
+    has one yet, the ordinal of each VF's PF (``pf``).
 
     ``network_of`` maps a host VF address to its network on this host (None
     for devices that are not VFs of a configured network); ``pf_of`` to its PF's
-    address.  Returns None when the metadata already says all of it.
+    address; ``settings_of`` to the VF's settings as its PF reports them (None
+    where they cannot be read: what is recorded stays, as for any setting the PF
+    does not report).  Returns None when the metadata already says all of it.
     """
     entries = [dict(entry) for entry in domain.metadata_entries]
     devices = [device for device in domain.devices if device.kind != "metadata"]
@@ -121,6 +131,13 @@ def labelled_entries(domain, network_of, pf_of=lambda address: None
             entries.append(entry)
         if entry.get("network") != network:
             entry["network"] = network
+            changed = True
+        current = settings_of(device.address)
+        settings = vfsettings.updated(vfsettings.recorded(entry), current or {})
+        if current is not None and vfsettings.recorded(entry) != settings:
+            recorded = vfsettings.with_recorded(entry, settings)
+            entry.clear()
+            entry.update(recorded)
             changed = True
         labelled.setdefault(network, []).append((entry, pf_of(device.address)))
     for network, members in labelled.items():

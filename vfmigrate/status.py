@@ -45,6 +45,8 @@ class NetworkStatus:
     pfs: list[PFStatus]
     missing_pfs: list[str]
     numa_affinity: str
+    pf_spread: str = "preferred"
+    settings_parity: str = "trust"
 
     def count(self, state: str) -> int:
         return sum(1 for pf in self.pfs for vf in pf.vfs if vf.state == state)
@@ -66,6 +68,8 @@ class HostStatus:
                 "name": network.name,
                 "missing_pfs": network.missing_pfs,
                 "numa_affinity": network.numa_affinity,
+                "pf_spread": network.pf_spread,
+                "settings_parity": network.settings_parity,
                 "counts": {state: network.count(state)
                            for state in ("free", "incoming", "active", "in-use")},
                 "out_of_use": {state: network.count(state)
@@ -121,7 +125,9 @@ def host_status(config: Config, inventory: Inventory, ledger: Ledger,
             pfs.append(pf_status)
         networks.append(NetworkStatus(name=name, pfs=pfs,
                                       missing_pfs=inventory.missing_pfs.get(name, []),
-                                      numa_affinity=config.networks[name].numa_affinity))
+                                      numa_affinity=config.networks[name].numa_affinity,
+                                      pf_spread=config.networks[name].pf_spread,
+                                      settings_parity=config.networks[name].settings_parity))
     stray = [claim for address, claim in claims.items() if address not in seen]
     for claim in claims.values():
         if claim.reset_state == RESET_FAILED:

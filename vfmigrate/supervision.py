@@ -5,12 +5,15 @@
   also used by the CLI (``vfmigrate migrate`` waits for device events);
 * systemd's notification socket (READY, STATUS, WATCHDOG, STOPPING): :class:`Notifier`;
 * pyudev's observer of PCI and net devices: :func:`pyudev_watch`;
+* rtnetlink's link notifications, which say a PF's VF settings changed:
+  :func:`link_watch`;
 * the typed work items the callbacks put on the listener's queue.  Callbacks only
   make these; the listener's main thread does the work, one item at a time.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -25,6 +28,7 @@ RemovalFailed = record("RemovalFailed", "uuid name alias")       # the guest kep
 JobCompleted = record("JobCompleted", "uuid name params")        # a (migration) job ended
 ConnectionClosed = record("ConnectionClosed", "reason")          # libvirt closed on us
 UdevEvent = record("UdevEvent", "action subsystem sys_name")     # a PCI device came or went
+LinkChanged = record("LinkChanged", "ifname")                    # a netdev's settings changed
 Watch = record("Watch", "")      # once a second while migrations or leases are watched
 
 
@@ -94,3 +98,37 @@ def pyudev_watch(on_event: Callable[[str, str, str], None]) -> Callable[[], None
     observer.daemon = True
     observer.start()
     return observer.stop
+
+
+def link_watch(on_change: Callable[[str], None]) -> Callable[[], None]:
+    """Call ``on_change(ifname)`` on a thread for every RTM_NEWLINK (a VF setting
+    changed on its PF, among others); returns a function that stops it."""
+    from pyroute2 import IPRoute
+
+    iproute = IPRoute()
+    iproute.bind()   # RTMGRP_LINK among pyroute2's default groups
+    stopped = threading.Event()
+
+    def watch() -> None:
+        while not stopped.is_set():
+            try:
+                messages = iproute.get()
+            except Exception:   # closed by stop(), or the socket failed: the watch ends
+                if not stopped.is_set():
+                    logging.getLogger("vfmigrate.listener").exception(
+                        "netlink link watch failed; VF settings are recorded only when "
+                        "guests start or arrive")
+                return
+            for message in messages:
+                if message.get("event") == "RTM_NEWLINK":
+                    name = message.get_attr("IFLA_IFNAME")
+                    if name:
+                        on_change(name)
+
+    thread = threading.Thread(target=watch, name="netlink-link-watch", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopped.set()
+        iproute.close()
+    return stop

@@ -19,10 +19,11 @@ import os
 import re
 import time
 import warnings
+from xml.etree import ElementTree
 
 import pytest
 
-from vfmigrate import __version__
+from vfmigrate import METADATA_NAMESPACE, __version__, vfsettings
 
 from . import lab
 from .scenario import (FO_MAC, HFO_MAC, HOOK, HOOK_STAGING, LAB_A, LAB_B,
@@ -65,7 +66,11 @@ def teamed_vf_migrates_with_plain_virsh_migrate(a, b):
     # What the package tells admins to do, with a VF guest running: it keeps running.
     restart_libvirtd(a, "fo", lambda r: failover_up(r, LAB_B, FO_MAC))
     assert claims(a) == [("fo", a.vfs[0], "active")]
-    a.run(["ip", "link", "set", a.pf, "vf", "0", "trust", "on"])   # the reset must undo it
+    # Settings an admin gives the VF travel with the guest (recorded by lab-a's listener when
+    # the kernel says the PF changed), and the reset undoes them on lab-a.
+    a.run(["ip", "link", "set", a.pf, "vf", "0", "trust", "on", "max_tx_rate", "100"])
+    lab.wait(lambda: recorded_settings(a, "fo") == {"trust": "on", "max-tx-rate": "100"}, 60,
+             "lab-a's listener to record the VF's trust and rate in fo's metadata")
 
     # No free VF on lab-b (its second VF is reserved for a guest still arriving; the first
     # is denied): refused with vfmigrate's message, before QEMU unplugs anything.
@@ -90,6 +95,10 @@ def teamed_vf_migrates_with_plain_virsh_migrate(a, b):
     settings = vf_settings(a, 0)
     assert "link/ether 00:00:00:00:00:00" in settings and "trust off" in settings, settings
     assert "vlan" not in settings and "spoof checking on" in settings, settings
+    assert "max_tx_rate" not in settings, settings
+    arrived = vf_settings(b, 1)
+    assert "trust on" in arrived and "max_tx_rate 100Mbps" in arrived, arrived
+    assert [e["VFMIGRATE_VF"] for e in journal(b, "configured")] == [b.vfs[1]]
     assert [e["VFMIGRATE_VF"] for e in journal(b, "reserved")] == [b.vfs[1]]
     assert [e["VFMIGRATE_VF"] for e in journal(a, "released")] == [a.vfs[0]]
     assert journal(a, "migrated")[0]["VFMIGRATE_DIRECTION"] == "out"
@@ -108,6 +117,19 @@ def teamed_vf_migrates_with_plain_virsh_migrate(a, b):
     next_report(b, "fo", lambda r: failover_up(r, LAB_A, FO_MAC), 900)
     assert claims(b) == [("fo", b.vfs[1], "active")]
     lab.wait(lambda: claims(a) == [], 120, "lab-a to hold no claim")
+    # lab-a's hook gave a VF fo's settings as the migration began; released, it is reset.
+    lab.wait(lambda: all("trust off" in vf_settings(a, index)
+                         and "max_tx_rate" not in vf_settings(a, index) for index in (0, 1)),
+             120, "lab-a's listener to reset the VF the failed migration was given")
+    assert "trust on" in vf_settings(b, 1), vf_settings(b, 1)
+
+
+def recorded_settings(host, guest: str) -> dict[str, str]:
+    """The VF settings in the guest's vfmigrate metadata (live XML)."""
+    root = ElementTree.fromstring(host.virsh("dumpxml", guest).stdout)
+    entries = root.findall(f"metadata/{{{METADATA_NAMESPACE}}}vfs/{{{METADATA_NAMESPACE}}}vf")
+    return {name: value for entry in entries for name, value in entry.attrib.items()
+            if name in vfsettings.ATTRIBUTES}
 
 
 def reserve_for_an_arriving_guest(host, vf: str) -> None:

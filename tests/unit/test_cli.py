@@ -50,6 +50,8 @@ def test_status_names_each_pfs_numa_node_and_the_networks_policy(host):
     assert [(n["name"], n["numa_affinity"], n["pfs"][0]["numa_node"])
             for n in data["networks"]] == [("physnet1", "preferred", 0),
                                            ("physnet2", "preferred", None)]
+    assert {(n["pf_spread"], n["settings_parity"]) for n in data["networks"]} == {
+        ("preferred", "trust")}
 
 
 def test_status_json(host):

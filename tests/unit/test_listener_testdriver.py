@@ -9,6 +9,7 @@ in tests/testbed.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -83,7 +84,7 @@ def listener_run(host):
         dict(fields, MESSAGE=MESSAGE)))
     reader, writer = os.pipe()
     listener = Listener(host.config(), uri="test:///default",
-                        udev_watch=pipe_udev_watch(reader),
+                        udev_watch=pipe_udev_watch(reader), netlink_watch=None,
                         notifier=Notifier(send=notified.append, environ={}),
                         vf_netlink=VFNetlink(host.sysfs.root,
                                              lambda: FakeIPRoute(netlink_calls)))
@@ -180,3 +181,95 @@ def test_teamed_hostdev_vf_gets_its_partners_mac(host, listener_run):
     assert ("set", 7, {"vf": 6, "mac": "52:54:00:ab:cd:ef"}) in netlink_calls
     configured = next(e for e in sent if e.get("MESSAGE_ID") == Event.CONFIGURED.message_id)
     assert configured["VFMIGRATE_VF"] == str(vf)
+
+
+def test_vf_settings_changed_on_the_pf_are_recorded_in_the_metadata(host):
+    """Trust and a rate set on the PF reach the running guest's metadata when the
+    kernel says the PF changed (RTM_NEWLINK); set back, they leave it."""
+    from tests.fakenetlink import FakePFs
+
+    host.write_config({"physnet1": "ens1f0"})
+    kernel = FakePFs()
+    kernel.add("ens1f0", 8)
+    link_changed = []
+    notified = []
+    logs.setup(stream=sys.stderr, sender=None)
+
+    def netlink_watch(on_change):
+        link_changed.append(on_change)
+        return lambda: None
+
+    listener = Listener(host.config(), uri="test:///default", udev_watch=None,
+                        netlink_watch=netlink_watch,
+                        notifier=Notifier(send=notified.append, environ={}),
+                        vf_netlink=VFNetlink(host.sysfs.root, kernel.iproute))
+    thread = threading.Thread(target=listener.run, name="listener-under-test")
+    thread.start()
+    connection = libvirt.open("test:///default")
+    try:
+        wait_for(lambda: "READY=1" in notified, what="READY=1")
+        vf = host.physnet1_vfs[5]
+        domain = connection.defineXML(hostdev_guest("vfguest", vf))
+        domain.create()
+        wait_for(lambda: 'network="physnet1"' in domain.XMLDesc(0), what="metadata label")
+        assert "trust=" not in domain.XMLDesc(0)
+
+        kernel.vf("ens1f0", 5).trust, kernel.vf("ens1f0", 5).max_tx_rate = 1, 100
+        link_changed[0]("eth-unrelated")
+        link_changed[0]("ens1f0")
+        wait_for(lambda: 'trust="on" max-tx-rate="100"' in domain.XMLDesc(0),
+                 what="settings recorded")
+        assert 'trust="on"' in domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+        kernel.vf("ens1f0", 5).trust, kernel.vf("ens1f0", 5).max_tx_rate = 0, 0
+        link_changed[0]("ens1f0")
+        wait_for(lambda: "trust=" not in domain.XMLDesc(0), what="settings forgotten")
+        assert 'network="physnet1"' in domain.XMLDesc(0)
+        assert [request for request in kernel.requests] == []   # recording only reads
+    finally:
+        listener.request_stop()
+        thread.join(10)
+        remove_guests(connection, ("vfguest",))
+        connection.close()
+    assert not thread.is_alive()
+
+
+def test_an_arriving_guest_gets_the_recorded_vlan_priority_after_libvirts_tag(host):
+    """libvirt sets an <interface type='hostdev'>'s VLAN tag with priority 0; the
+    listener then gives it the priority recorded on the source."""
+    from tests.fakenetlink import FakePFs
+    from vfmigrate.virt import LibvirtHost
+
+    host.write_config({"physnet1": "ens1f0"})
+    kernel = FakePFs()
+    kernel.add("ens1f0", 8)
+    vf = host.physnet1_vfs[6]
+    sent = []
+    logs.setup(stream=None, sender=lambda MESSAGE, **fields: sent.append(
+        dict(fields, MESSAGE=MESSAGE)))
+    listener = Listener(host.config(), uri="test:///default", udev_watch=None,
+                        netlink_watch=None,
+                        vf_netlink=VFNetlink(host.sysfs.root, kernel.iproute))
+    connection = libvirt.open("test:///default")
+    listener.host = LibvirtHost(connection, libvirt)
+    try:
+        xml = guest_xml("vfguest", "<interface type='hostdev' managed='yes'><mac "
+                        f"address='52:54:00:12:34:56'/>{source_address(vf)}<vlan><tag "
+                        "id='100'/></vlan></interface>").replace(
+            "</devices>", "</devices><metadata><vfmigrate:vfs xmlns:vfmigrate="
+            "'https://vfmigrate.dev/xmlns/domain/1'><vfmigrate:vf mac='52:54:00:12:34:56' "
+            "network='physnet1' vlan-qos='5' vlan-proto='802.1ad'/></vfmigrate:vfs>"
+            "</metadata>")
+        domain = connection.createXML(xml, 0)
+        listener.apply_vlan_priority(domain.UUIDString())
+        arrived = kernel.vf("ens1f0", 6)
+        assert (arrived.vlan, arrived.qos) == (100, 5)
+        assert kernel.requests == [("ens1f0", 6, {"vlan": {"vlan": 100, "qos": 5}})]
+        [warning] = [e for e in sent if e.get("MESSAGE_ID") == Event.UNAPPLIED.message_id]
+        assert warning["MESSAGE"] == (f"guest vfguest arrived, but VF {vf} did not get the "
+                                      "source's VLAN protocol 802.1ad (vfmigrate sets 802.1Q "
+                                      "only)")
+        assert warning["PRIORITY"] == "4"
+    finally:
+        remove_guests(connection, ("vfguest",))
+        connection.close()
