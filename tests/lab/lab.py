@@ -651,7 +651,8 @@ class L1Host:
 
     def __init__(self, index: int, *, qemu: OuterQemu, image: L1Image, l2: L2Assets,
                  workdir: Path, ports: Ports, numvfs: int = 2, memory_mb: int = 2048,
-                 payload: Path | None = None, smp: int = 2, cpu: str = L1_CPU):
+                 payload: Path | None = None, smp: int = 2, cpu: str = L1_CPU,
+                 numa_nodes: int = 1):
         if memory_mb > 2048:
             raise LabError("L1 memory above 2 GB breaks igb VF BARs in QEMU 10.0.2 (FACTS)")
         self.index, self.name = index, f"lab-{HOST_NAMES[index - 1]}"
@@ -659,6 +660,9 @@ class L1Host:
         self.workdir = workdir / self.name
         self.ports, self.numvfs, self.memory_mb, self.smp = ports, numvfs, memory_mb, smp
         self.cpu = cpu
+        if numa_nodes not in (1, 2) or (numa_nodes == 2 and smp < 2):
+            raise LabError("an L1 host has one NUMA node, or two with a CPU each")
+        self.numa_nodes = numa_nodes
         self.payload = payload or self.workdir / "payload"
         self.proc: subprocess.Popen | None = None
         self.booted_at: float | None = None
@@ -691,6 +695,8 @@ class L1Host:
         for tag, path in (("lab", HERE / "l1"), ("l2", self.l2.dir), ("payload", self.payload)):
             fs += ["-fsdev", f"local,id=fs_{tag},path={path},security_model=none,readonly=on",
                    "-device", f"virtio-9p-pci,fsdev=fs_{tag},mount_tag={tag}"]
+        pf = [*self.pf_slot_args(), "-netdev", dgram("phys", ports.phys),
+              "-device", f"igb,bus=rp0,netdev=phys,mac={self.mac(16)}"]
         return [
             str(self.qemu.system), *self.qemu.firmware_args(),
             "-name", self.name, "-nodefaults", "-no-user-config", "-display", "none",
@@ -707,13 +713,28 @@ class L1Host:
             "-device", f"virtio-net-pci,netdev=ctl,mac={self.mac(1)},romfile=",
             "-netdev", dgram("mig", ports.mig),
             "-device", f"virtio-net-pci,netdev=mig,mac={self.mac(2)},romfile=",
-            "-device", "pcie-root-port,id=rp0,slot=1,chassis=1",
-            "-netdev", dgram("phys", ports.phys),
-            "-device", f"igb,bus=rp0,netdev=phys,mac={self.mac(16)}",
+            *(pf if self.numa_nodes == 1 else []),
             *fs,
+            # after every device QEMU places itself: it would put them on the expander bus
+            *(pf if self.numa_nodes == 2 else []),
             "-serial", f"file:{self.console_log}",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
         ]
+
+    def pf_slot_args(self) -> list[str]:
+        """The root port ``rp0`` the igb PF sits on: on the main PCIe bus of a one-node
+        host; on a two-node host, half the memory and a CPU per node and the port on a
+        ``pxb-pcie`` expander bus bound to node 1, so the PF's ``numa_node`` is 1."""
+        if self.numa_nodes == 1:
+            return ["-device", "pcie-root-port,id=rp0,slot=1,chassis=1"]
+        half = self.memory_mb // 2
+        cpus = [f"0-{self.smp // 2 - 1}", f"{self.smp // 2}-{self.smp - 1}"]
+        args = []
+        for node in (0, 1):
+            args += ["-object", f"memory-backend-ram,id=mem{node},size={half}M",
+                     "-numa", f"node,nodeid={node},cpus={cpus[node]},memdev=mem{node}"]
+        return args + ["-device", "pxb-pcie,id=pxb1,bus_nr=64,numa_node=1,bus=pcie.0",
+                       "-device", "pcie-root-port,id=rp0,bus=pxb1,slot=1,chassis=2"]
 
     def start(self) -> None:
         """Create a fresh qcow2 overlay over the cached image and start QEMU (no wait)."""
@@ -995,7 +1016,7 @@ class Lab:
 
     def __init__(self, nhosts: int = 2, *, workdir: Path | None = None,
                  payloads: Sequence[Path | None] = (), numvfs: int = 2, smp: int = 2,
-                 cpu: str = L1_CPU):
+                 cpu: str = L1_CPU, numa_nodes: Sequence[int] = ()):
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="vfmigrate-lab-"))
         with phase("cache-outer-qemu"):
             self.qemu = outer_qemu()
@@ -1005,9 +1026,11 @@ class Lab:
             self.l2 = l2_assets(self.image)
         ports = Ports.pick()
         payloads = list(payloads) + [None] * nhosts
+        numa_nodes = list(numa_nodes) + [1] * nhosts
         self.hosts = [L1Host(i + 1, qemu=self.qemu, image=self.image, l2=self.l2,
                              workdir=self.workdir, ports=ports, payload=payloads[i],
-                             numvfs=numvfs, smp=smp, cpu=cpu) for i in range(nhosts)]
+                             numvfs=numvfs, smp=smp, cpu=cpu, numa_nodes=numa_nodes[i])
+                      for i in range(nhosts)]
 
     def __enter__(self) -> "Lab":
         return self

@@ -212,34 +212,50 @@ def guest_uptime(host, guest: str) -> float:
     return float(reports[-1]["up"]) if reports else 0.0
 
 
-def vf_holder_xml(name: str, vfs: list[str]) -> str:
-    """A guest that only holds ``vfs`` (no OS: SeaBIOS finds nothing to boot and waits)."""
+def vf_holder_xml(name: str, vfs: list[str], *, teamed: bool = False,
+                  cpuset: str | None = None) -> str:
+    """A guest that only holds ``vfs`` (no OS: SeaBIOS finds nothing to boot and waits);
+    ``teamed``: each VF teamed with a virtio NIC, so libvirt lets it migrate; ``cpuset``:
+    its vCPU pinned to those host CPUs."""
     def address(vf: str) -> str:
         return " ".join(f"{key}='{value}'" for key, value in lab._pci_attributes(vf).items())
 
-    interfaces = "".join(
-        f"<interface type='hostdev' managed='yes'><mac address='52:54:00:2a:01:{index:02x}'/>"
-        f"<source><address type='pci' {address(vf)}/></source><rom bar='off'/></interface>"
-        for index, vf in enumerate(vfs))
-    return (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
+    interfaces = ""
+    for index, vf in enumerate(vfs):
+        mac = f"52:54:00:2a:01:{index:02x}"
+        if teamed:
+            interfaces += (f"<interface type='bridge'><mac address='{mac}'/>"
+                           "<source bridge='br0'/><model type='virtio'/>"
+                           f"<teaming type='persistent'/><alias name='ua-net{index}'/>"
+                           "<rom enabled='no'/></interface>")
+        interfaces += (
+            f"<interface type='hostdev' managed='yes'><mac address='{mac}'/>"
+            f"<source><address type='pci' {address(vf)}/></source>"
+            + (f"<teaming type='transient' persistent='ua-net{index}'/>" if teamed else "")
+            + "<rom bar='off'/></interface>")
+    vcpu = f"<vcpu placement='static' cpuset='{cpuset}'>1</vcpu>" if cpuset else ""
+    return (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>{vcpu}"
             "<os><type arch='x86_64' machine='q35'>hvm</type></os>"
             "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
             f"<memballoon model='none'/>{interfaces}</devices></domain>")
 
 
 @contextmanager
-def vfmigrate_lab(deb: Path, work: Path, *, numvfs: int = 2, deny_first_on_b: bool = True
+def vfmigrate_lab(deb: Path, work: Path, *, numvfs: int = 2, deny_first_on_b: bool = True,
+                  numa_nodes: tuple[int, int] = (1, 1)
                   ) -> Iterator[tuple[lab.L1Host, lab.L1Host]]:
     """lab-a and lab-b booted with ``deb`` installed, ``numvfs`` VFs each, physnet1 on
     their igb PF (lab-b denies its first VF unless told not to), listeners restarted on
-    that config; stopped on exit."""
+    that config, each with ``numa_nodes`` NUMA nodes (two: the PF on node 1); stopped on
+    exit."""
     payloads = []
     for name in ("a", "b"):
         payload = work / f"payload-{name}"
         payload.mkdir(parents=True, exist_ok=True)
         shutil.copy(deb, payload)
         payloads.append(payload)
-    with lab.Lab(2, workdir=work / "hosts", payloads=payloads, numvfs=numvfs) as the_lab:
+    with lab.Lab(2, workdir=work / "hosts", payloads=payloads, numvfs=numvfs,
+                 numa_nodes=numa_nodes) as the_lab:
         the_lab.boot(timeout=480)
         a, b = the_lab.hosts
         for host, deny_first in ((a, False), (b, deny_first_on_b)):
