@@ -173,13 +173,14 @@ class HookCall:
         if not any(a.device.entry for a in assignments):
             return [], []
         from . import parity
-        if not parity.wanted_settings(assignments):
+        wanted = parity.wanted_settings(assignments)
+        if not wanted:
             return [], []
         from .rtnl import RouteSocket
         from .vfnetlink import VFNetlink
         sysfs_root = self.sysfs_root or config.sysfs_root
         return parity.apply_on_arrival(
-            config, domain, assignments,
+            config, domain, wanted,
             self.netlink_factory or (lambda: VFNetlink(sysfs_root, RouteSocket)))
 
     def _log_settings(self, domain, applied, unapplied) -> None:

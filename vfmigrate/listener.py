@@ -607,7 +607,6 @@ class Listener:
         """``network_of``, ``pf_of`` and ``settings_of`` for
         :func:`metadata.labelled_entries`, looking each address up in sysfs once."""
         found: dict = {}
-        read_settings = getattr(self.vf_netlink, "read_settings", None)
 
         def vf_of(address):
             if address not in found:
@@ -624,10 +623,10 @@ class Listener:
 
         def settings_of(address):
             vf = vf_of(address)
-            if vf is None or read_settings is None:
+            if vf is None:
                 return None
             try:
-                return read_settings(vf)
+                return self.vf_netlink.read_settings(vf)
             except VFSettingError as error:
                 log.debug("VF settings of %s unknown: %s", address, error)
                 return None   # unknown: what is recorded stays
@@ -683,33 +682,26 @@ class Listener:
         libvirt sets the VLAN tag of an ``<interface type='hostdev'>`` (the listener
         that of a teamed ``<hostdev>``) with priority 0, so the priority comes after.
         """
-        guest = self.host.guest(uuid)
-        if guest is None or b"vlan-" not in guest.xml:
-            return
-        parsed = self._parse(guest.xml)
-        inventory = Inventory.of(self.config)
-        for device in parsed.devices:
-            entry = device.entry or {}
-            wanted = vfsettings.recorded(entry, vfsettings.APPLIED_AFTER_VLAN)
-            vf = inventory.find_vf(device.address) if wanted and device.address else None
-            if vf is None:
-                continue
+        guest, devices = self._devices_on_vfs(uuid, b"vlan-", lambda parsed, device:
+                                              vfsettings.recorded(device.entry or {},
+                                                                  vfsettings.APPLIED_AFTER_VLAN))
+        for device, vf, wanted in devices:
             unapplied = []
             if wanted.get("vlan-proto", "802.1Q") != "802.1Q":
                 unapplied.append(f"VLAN protocol {wanted['vlan-proto']} (vfmigrate sets "
                                  "802.1Q only)")
             qos = int(wanted.get("vlan-qos", "0"))
-            if qos and getattr(self.vf_netlink, "set_vlan_priority", None) is None:
-                unapplied.append(f"VLAN priority {qos} (vf_reset = none leaves it to the admin)")
-            elif qos:
-                try:
-                    self.vf_netlink.set_vlan_priority(vf, device.vlan or 0, qos)
+            try:
+                if qos and self.vf_netlink.set_vlan_priority(vf, device.vlan or 0, qos):
                     event(log, Event.CONFIGURED, "guest %s: VF %s (PF %s vf %d) has the "
                           "source's VLAN priority %d on VLAN %d", guest.name, vf.address, vf.pf,
                           vf.index, qos, device.vlan or 0, domain=guest.name, vf=vf.address,
                           network=vf.network)
-                except VFSettingError as error:
-                    unapplied.append(f"VLAN priority {qos} ({error.fields['problem']})")
+                elif qos:
+                    unapplied.append(f"VLAN priority {qos} (vf_reset = none leaves it to the "
+                                     "admin)")
+            except VFSettingError as error:
+                unapplied.append(f"VLAN priority {qos} ({error.fields['problem']})")
             for what in unapplied:
                 event(log, Event.UNAPPLIED, "guest %s arrived, but VF %s did not get the "
                       "source's %s", guest.name, vf.address, what, level=logging.WARNING,
@@ -737,16 +729,10 @@ class Listener:
         plain ``<hostdev>`` (since 7.1 teamable): QEMU failover needs it equal to
         the virtio NIC's, and on a destination the VF is a different one.
         """
-        guest = self.host.guest(uuid)
-        if guest is None or b"hostdev" not in guest.xml:
-            return
-        parsed = self._parse(guest.xml)
-        inventory = Inventory.of(self.config)
-        for device in parsed.devices:
-            mac = parsed.teaming_mac(device) if device.kind == "hostdev" else None
-            vf = inventory.find_vf(device.address) if mac and device.address else None
-            if vf is None:
-                continue
+        guest, devices = self._devices_on_vfs(uuid, b"hostdev", lambda parsed, device:
+                                              parsed.teaming_mac(device)
+                                              if device.kind == "hostdev" else None)
+        for device, vf, mac in devices:
             if self.vf_netlink.set_mac(vf, mac, device.vlan):
                 event(log, Event.CONFIGURED, "guest %s: VF %s (PF %s vf %d) MAC %s%s for its "
                       "teamed hostdev", guest.name, vf.address, vf.pf, vf.index, mac,
@@ -755,6 +741,24 @@ class Listener:
             else:
                 log.warning("guest %s: teamed hostdev VF %s needs MAC %s, which vf_reset = none "
                             "leaves to the admin", guest.name, vf.address, mac)
+
+    def _devices_on_vfs(self, uuid: str, marker: bytes, wanted_of: Callable
+                        ) -> tuple[object, list[tuple[domxml.VFDevice, object, object]]]:
+        """The running guest (if its XML has ``marker``) and, for each of its devices on a
+        VF of this host for which ``wanted_of(parsed, device)`` is something, (device, VF,
+        that something)."""
+        guest = self.host.guest(uuid)
+        if guest is None or marker not in guest.xml:
+            return guest, []
+        parsed = self._parse(guest.xml)
+        inventory = Inventory.of(self.config)
+        found = []
+        for device in parsed.devices:
+            wanted = wanted_of(parsed, device)
+            vf = inventory.find_vf(device.address) if wanted and device.address else None
+            if vf is not None:
+                found.append((device, vf, wanted))
+        return guest, found
 
     def plug_pending_vfs(self, uuid: str) -> None:
         """Plug in the VFs a guest arrived without (``vfmigrate migrate``)."""

@@ -133,12 +133,14 @@ def labelled_entries(domain, network_of, pf_of=lambda address: None,
             entry["network"] = network
             changed = True
         current = settings_of(device.address)
-        settings = vfsettings.updated(vfsettings.recorded(entry), current or {})
-        if current is not None and vfsettings.recorded(entry) != settings:
-            recorded = vfsettings.with_recorded(entry, settings)
-            entry.clear()
-            entry.update(recorded)
-            changed = True
+        if current is not None:
+            recorded = vfsettings.recorded(entry)
+            settings = vfsettings.updated(recorded, current)
+            if settings != recorded:
+                updated = vfsettings.with_recorded(entry, settings)
+                entry.clear()
+                entry.update(updated)
+                changed = True
         labelled.setdefault(network, []).append((entry, pf_of(device.address)))
     for network, members in labelled.items():
         pfs = [pf for _, pf in members]

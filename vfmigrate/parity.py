@@ -60,13 +60,13 @@ def wanted_settings(assignments) -> list[tuple[object, object, dict[str, str]]]:
     return wanted
 
 
-def apply_on_arrival(config, domain, assignments, netlink_factory
+def apply_on_arrival(config, domain, wanted, netlink_factory
                      ) -> tuple[list[Applied], list[Unapplied]]:
-    """Apply each arriving VF's recorded settings; raise :class:`SettingsNotApplied`
-    where the network's policy requires one that failed."""
+    """Apply each arriving VF's recorded settings (``wanted``, from
+    :func:`wanted_settings`); raise :class:`SettingsNotApplied` where the network's
+    policy requires one that failed."""
     applied: list[Applied] = []
     unapplied: list[Unapplied] = []
-    wanted = wanted_settings(assignments)
     if not wanted:
         return applied, unapplied
     netlink = netlink_factory() if config.vf_reset != "none" else None

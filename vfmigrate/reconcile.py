@@ -107,6 +107,12 @@ class NoReset:
     def set_mac(self, vf, mac: str, vlan: int | None = None) -> bool:
         return False  # not set
 
+    def set_vlan_priority(self, vf, vlan: int, qos: int) -> bool:
+        return False  # not set
+
+    def read_settings(self, vf) -> None:
+        return None   # not read: VF settings are neither recorded nor applied
+
 
 def vf_resetter(config: Config):
     """What resets released VFs on this host: netlink on the PF, or nothing."""

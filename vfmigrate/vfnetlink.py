@@ -121,10 +121,11 @@ class VFNetlink:
                         failed[name] = error.fields["problem"]
         return failed
 
-    def set_vlan_priority(self, vf: VF, vlan: int, qos: int) -> None:
-        """VLAN ``vlan`` with priority ``qos`` (802.1Q) on the VF."""
+    def set_vlan_priority(self, vf: VF, vlan: int, qos: int) -> bool:
+        """VLAN ``vlan`` with priority ``qos`` (802.1Q) on the VF; True once done."""
         with self._session(vf) as (iproute, index):
             self._set(iproute, index, vf, "VLAN priority", {"vlan": {"vlan": vlan, "qos": qos}})
+        return True
 
     def set_mac(self, vf: VF, mac: str, vlan: int | None = None) -> bool:
         """Give the VF a MAC (and VLAN) through its PF; True once done."""

@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -76,24 +77,19 @@ def hostdev_guest(name: str, vf) -> str:
                              f"address='52:54:00:12:34:56'/>{source_address(vf)}</interface>")
 
 
-@pytest.fixture
-def listener_run(host):
-    host.write_config({"physnet1": "ens1f0"})
-    sent, notified, netlink_calls = [], [], []
-    logs.setup(stream=None, sender=lambda MESSAGE, **fields: sent.append(
-        dict(fields, MESSAGE=MESSAGE)))
-    reader, writer = os.pipe()
-    listener = Listener(host.config(), uri="test:///default",
-                        udev_watch=pipe_udev_watch(reader), netlink_watch=None,
-                        notifier=Notifier(send=notified.append, environ={}),
-                        vf_netlink=VFNetlink(host.sysfs.root,
-                                             lambda: FakeIPRoute(netlink_calls)))
+@contextmanager
+def running_listener(host, vf_netlink, **watches):
+    """A Listener on libvirt's test driver, running on a thread until the block ends,
+    and a connection of the test's own: (listener, connection, sd_notify messages)."""
+    notified = []
+    listener = Listener(host.config(), uri="test:///default", vf_netlink=vf_netlink,
+                        notifier=Notifier(send=notified.append, environ={}), **watches)
     thread = threading.Thread(target=listener.run, name="listener-under-test")
     thread.start()
     connection = libvirt.open("test:///default")
     try:
         wait_for(lambda: "READY=1" in notified, what="READY=1")
-        yield listener, connection, sent, notified, netlink_calls, os.fdopen(writer, "w")
+        yield listener, connection, notified
     finally:
         listener.request_stop()
         thread.join(10)
@@ -101,6 +97,19 @@ def listener_run(host):
         connection.close()
     assert not thread.is_alive()
     assert "STOPPING=1" in notified
+
+
+@pytest.fixture
+def listener_run(host):
+    host.write_config({"physnet1": "ens1f0"})
+    sent, netlink_calls = [], []
+    logs.setup(stream=None, sender=lambda MESSAGE, **fields: sent.append(
+        dict(fields, MESSAGE=MESSAGE)))
+    reader, writer = os.pipe()
+    with running_listener(host, VFNetlink(host.sysfs.root, lambda: FakeIPRoute(netlink_calls)),
+                          udev_watch=pipe_udev_watch(reader), netlink_watch=None
+                          ) as (listener, connection, notified):
+        yield listener, connection, sent, notified, netlink_calls, os.fdopen(writer, "w")
 
 
 def test_start_labels_and_claims_stop_releases_and_resets(host, listener_run):
@@ -192,22 +201,14 @@ def test_vf_settings_changed_on_the_pf_are_recorded_in_the_metadata(host):
     kernel = FakePFs()
     kernel.add("ens1f0", 8)
     link_changed = []
-    notified = []
     logs.setup(stream=sys.stderr, sender=None)
 
     def netlink_watch(on_change):
         link_changed.append(on_change)
         return lambda: None
 
-    listener = Listener(host.config(), uri="test:///default", udev_watch=None,
-                        netlink_watch=netlink_watch,
-                        notifier=Notifier(send=notified.append, environ={}),
-                        vf_netlink=VFNetlink(host.sysfs.root, kernel.iproute))
-    thread = threading.Thread(target=listener.run, name="listener-under-test")
-    thread.start()
-    connection = libvirt.open("test:///default")
-    try:
-        wait_for(lambda: "READY=1" in notified, what="READY=1")
+    with running_listener(host, VFNetlink(host.sysfs.root, kernel.iproute), udev_watch=None,
+                          netlink_watch=netlink_watch) as (listener, connection, notified):
         vf = host.physnet1_vfs[5]
         domain = connection.defineXML(hostdev_guest("vfguest", vf))
         domain.create()
@@ -226,12 +227,6 @@ def test_vf_settings_changed_on_the_pf_are_recorded_in_the_metadata(host):
         wait_for(lambda: "trust=" not in domain.XMLDesc(0), what="settings forgotten")
         assert 'network="physnet1"' in domain.XMLDesc(0)
         assert [request for request in kernel.requests] == []   # recording only reads
-    finally:
-        listener.request_stop()
-        thread.join(10)
-        remove_guests(connection, ("vfguest",))
-        connection.close()
-    assert not thread.is_alive()
 
 
 def test_an_arriving_guest_gets_the_recorded_vlan_priority_after_libvirts_tag(host):
