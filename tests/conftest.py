@@ -109,9 +109,13 @@ def _tier(nodeid: str) -> str:
 
 
 def pytest_runtest_logreport(report) -> None:
-    _tier_seconds[_tier(report.nodeid)] += report.duration
+    tier = _tier(report.nodeid)
+    libvirt = dict(report.user_properties).get("libvirt")
+    if libvirt:
+        tier = f"{tier} ({libvirt})"
+    _tier_seconds[tier] += report.duration
     if report.when == "call":
-        _tier_counts[_tier(report.nodeid)] += 1
+        _tier_counts[tier] += 1
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -195,7 +195,8 @@ class Listener:
         while not self.stopping:
             try:
                 connection = self.opener(self.uri)
-                self.host = LibvirtHost(connection, self.libvirt)
+                self.host = LibvirtHost(connection, self.libvirt,
+                                        status_dir=self.config.libvirt_run_dir)
                 self._register(connection)
                 event(log, Event.LISTENER, "connected to %s, %d callbacks registered",
                       self.uri, len(self.callback_ids))

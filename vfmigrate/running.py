@@ -154,6 +154,26 @@ def running_guests(run_dir: str | os.PathLike, problems: list[str] | None = None
     return guests
 
 
+def status_domain_xml(run_dir: str | os.PathLike, name: str) -> bytes | None:
+    """The ``<domain>`` element of running guest ``name``'s status file, as libvirt wrote
+    it; None if there is no such file or it has no complete ``<domain>``."""
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        return None
+    try:
+        with open(os.path.join(run_dir, name + ".xml"), "rb") as status_file:
+            data = status_file.read()
+    except OSError:
+        return None
+    start = _domain_start(data)
+    if start < 0:
+        return None
+    try:
+        end = _DomainScan(data, start).domain_end
+    except BadDomainXML:
+        return None
+    return data[start:end]
+
+
 _CACHE_HEADER = "vfmigrate running-guests cache 1"
 _RACY_NS = 1_000_000_000
 

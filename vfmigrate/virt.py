@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Callable
 
+from . import running
 from .errors import LibvirtFailure
 
 
@@ -66,9 +67,13 @@ class LibvirtHost:
     A guest that disappears while being looked at is ``None``, not an error.
     """
 
-    def __init__(self, connection, libvirt_module=None) -> None:
+    def __init__(self, connection, libvirt_module=None, *,
+                 status_dir: str | None = None) -> None:
         self.connection = connection
         self.libvirt = libvirt_module or import_libvirt()
+        #: libvirt's directory of running guests' status files, on a local connection: the
+        #: live XML of a guest paused by a migration is read there (see :meth:`_guest`).
+        self.status_dir = status_dir
 
     @classmethod
     def open(cls, uri: str, opener: Callable[[str], object] | None = None) -> "LibvirtHost":
@@ -92,12 +97,28 @@ class LibvirtHost:
     def _guest(self, domain, inactive: bool = False) -> Guest | None:
         flags = self.libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
         try:
+            if not inactive and self.status_dir is not None and self._migrating(domain):
+                # libvirt 11 makes a live XMLDesc wait for the migration's job to end
+                # (up to 30 s, seen on the destination); the status file holds the same
+                # live definition and needs no job.
+                xml = running.status_domain_xml(self.status_dir, domain.name())
+                if xml is not None:
+                    return Guest(domain.UUIDString(), domain.name(),
+                                 bool(domain.isPersistent()), xml)
             return Guest(domain.UUIDString(), domain.name(), bool(domain.isPersistent()),
                          domain.XMLDesc(flags).encode())
         except self.libvirt.libvirtError as error:
             if self._gone(error):
                 return None
             raise failure("read domain XML", error) from None
+
+    def _migrating(self, domain) -> bool:
+        """Paused by an incoming or outgoing migration (libvirt's state reason)."""
+        libvirt = self.libvirt
+        state, reason = domain.state()
+        return state == libvirt.VIR_DOMAIN_PAUSED and reason in (
+            libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
+            libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
 
     def active_guests(self) -> list[Guest]:
         try:

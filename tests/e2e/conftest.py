@@ -1,5 +1,12 @@
 """End-to-end tier: vfmigrate on real libvirtd hosts (tests/testbed), real QEMU
-(TCG) and real ``virsh migrate --live``.  Needs root."""
+(TCG) and real ``virsh migrate --live``.  Needs root.
+
+Every test runs once per libvirt flavour (``$VFMIGRATE_TEST_LIBVIRT``, default all:
+the system's libvirt 9.0 + QEMU 7.2, and libvirt 11 + QEMU 10 from bookworm-backports),
+and the migration tests also between hosts of different flavours, in both directions.
+A test's id names its flavours (``system``, ``backports``, ``system-to-backports``), and
+the cost summary prints the versions.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,40 @@ import signal
 import pytest
 
 from tests.testbed.fixtures import linux_guest_image  # noqa: F401  (a session fixture)
+from tests.testbed.flavours import flavours_to_test
 
-from .vfhosts import vf_testbed
+from .vfhosts import libvirt_flavours, vf_testbed
+
+#: Modules whose tests also migrate between hosts of different libvirt versions.
+CROSS_VERSION_MODULES = {"test_migration", "test_assisted"}
+
+
+def libvirt_setups(module: str) -> list[tuple[str, str]]:
+    """(flavour of host a, flavour of host b) for each run of a test in ``module``."""
+    names = flavours_to_test()
+    setups = [(name, name) for name in names]
+    if module in CROSS_VERSION_MODULES:
+        setups += [(a, b) for a in names for b in names if a != b]
+    return setups
+
+
+def pytest_generate_tests(metafunc):
+    if "libvirt_setup" in metafunc.fixturenames:
+        setups = libvirt_setups(metafunc.module.__name__.rsplit(".", 1)[-1])
+        metafunc.parametrize("libvirt_setup", setups, indirect=True,
+                             ids=[a if a == b else f"{a}-to-{b}" for a, b in setups])
+
+
+@pytest.fixture(autouse=True)
+def libvirt_setup(request):
+    """Makes the test's testbeds run the flavours of its parameter; says which in the
+    cost summary (tests/conftest.py reads the ``libvirt`` user property)."""
+    with libvirt_flavours(request.param) as flavours:
+        first, second = flavours
+        described = (first.label if first == second
+                     else f"host a {first.label} / host b {second.label}")
+        request.node.user_properties.append(("libvirt", described))
+        yield flavours
 
 
 def pytest_configure(config):

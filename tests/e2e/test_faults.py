@@ -52,9 +52,24 @@ def wait_for_transfer(destination, name):
     time.sleep(1.0)
 
 
+def where_the_guest_is(hosts, name):
+    """Each host's ``domstate --reason`` and the tails of the guest's logs, for a failure."""
+    lines = []
+    for vf_host in hosts:
+        state = vf_host.host.virsh("domstate", "--reason", name, check=False)
+        lines.append(f"{vf_host.name}: {(state.stdout or state.stderr).strip()}")
+        qemu_log = vf_host.host.qemu_log(name)
+        if qemu_log.exists():
+            tail = qemu_log.read_text(errors="replace").splitlines()[-8:]
+            lines += [f"{vf_host.name} qemu log: {line}" for line in tail]
+    serial = SerialLog(hosts.testbed.shared_dir / f"{name}.serial.log").text()
+    lines += [f"serial: {line}" for line in serial.splitlines()[-15:]]
+    return "\n".join(lines)
+
+
 def assert_consistent(hosts, name):
     running_on = [h for h in hosts if h.host.domain_state(name) == "running"]
-    assert len(running_on) == 1, [h.name for h in running_on]
+    assert len(running_on) == 1, where_the_guest_is(hosts, name)
     for vf_host in hosts:
         expected = []
         if vf_host is running_on[0]:
@@ -94,6 +109,11 @@ def test_destination_qemu_killed_mid_migration(lab_hosts, linux_guest_image):
     thread.join(180)
     assert outcome["result"].completed.returncode != 0
     assert assert_consistent(lab_hosts, name) is a
+    # The destination's listener read the arriving guest without waiting for the job of
+    # its migration (libvirt 11 made XMLDesc wait up to 30 s, and the listener with it).
+    waited = [entry["MESSAGE"] for entry in b.journal()
+              if "cannot acquire state change lock" in entry.get("MESSAGE", "")]
+    assert waited == []
 
 
 @pytest.mark.parametrize("which", ["source", "destination"])

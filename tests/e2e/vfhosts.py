@@ -12,6 +12,10 @@ What is under test comes from :func:`installation`: the checkout (hook and
 listener run by this interpreter) or, with ``VFMIGRATE_E2E_INSTALLED=1``, the
 files a distro package installed (/etc/libvirt/hooks/qemu.d/vfmigrate,
 /usr/libexec/vfmigrate/vfmigrate-listener, /usr/bin/vfmigrate).
+
+Which libvirt and QEMU each host runs comes from :func:`libvirt_flavours` (the tier's
+conftest sets it per test; tests/testbed/flavours.py): the same on every host, or, for the
+cross-version runs, host a on one and host b on the other.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 
 from tests.fakesysfs import E810, X710, Card, FakeSysfs
 from tests.testbed import Host, Testbed
+from tests.testbed.flavours import LibvirtFlavour, flavour
 from tests.testbed.guests import no_os_guest_xml
 from vfmigrate import METADATA_NAMESPACE
 from vfmigrate.ledger import Claim, Ledger
@@ -37,6 +42,8 @@ from vfmigrate.pci import PciAddress
 REPO = Path(__file__).resolve().parents[2]
 NETWORK = "physnet1"
 INSTALLED_ENV = "VFMIGRATE_E2E_INSTALLED"
+#: Flavour names of hosts a, b, ... (repeated for more hosts): see :func:`libvirt_flavours`.
+_flavour_names: tuple[str, ...] = ("system",)
 
 # Each host's simulated card, so that the same guest's VF has a different
 # address on every host (as it would on real, different hardware).
@@ -271,12 +278,27 @@ class VFHosts(list):
 
 
 @contextmanager
+def libvirt_flavours(names: tuple[str, ...]) -> Iterator[list[LibvirtFlavour]]:
+    """Testbeds made inside run host a on flavour ``names[0]``, b on ``names[1]``, ..."""
+    global _flavour_names
+    before, _flavour_names = _flavour_names, tuple(names)
+    try:
+        yield [flavour(name) for name in names]
+    finally:
+        _flavour_names = before
+
+
+def host_flavours(host_count: int) -> list[LibvirtFlavour]:
+    return [flavour(_flavour_names[index % len(_flavour_names)]) for index in range(host_count)]
+
+
+@contextmanager
 def vf_testbed(host_count: int = 2, *, vf_count: int = 4, listeners: bool = True,
                extra_hooks: Callable[[Host], None] | None = None,
                extra_config: str = "") -> Iterator[VFHosts]:
     """Started testbed hosts with vfmigrate (see the module docstring); torn down after."""
     install = installation()
-    testbed = Testbed(host_count, start_on_enter=False)
+    testbed = Testbed(host_count, start_on_enter=False, flavours=host_flavours(host_count))
     with testbed:
         pools = []
         for index, host in enumerate(testbed.hosts):

@@ -14,6 +14,8 @@ each in a directory named after a hash of its inputs (package names + candidate 
 the source of the function that builds it + the files it copies), rebuilt when those change:
 
 * :func:`outer_qemu` -> :class:`OuterQemu`  (``qemu-<key>/``, ~5 s cold)
+* :func:`backports_libvirt` -> :class:`BackportsLibvirt` (``libvirt-<key>/``, for the
+  testbed's libvirt 11 hosts, tests/testbed/flavours.py; seconds)
 * :func:`l1_image`   -> :class:`L1Image`    (``l1-<key>/``: raw ext4 root, kernel, initrd,
   ssh client key, known_hosts, manifest, L2 kernel + modules; ~2.5 min cold)
 * :func:`l2_assets`  -> :class:`L2Assets`   (``l2-<key>/``: L2 kernel + busybox initramfs;
@@ -363,6 +365,63 @@ def outer_qemu() -> OuterQemu:
             q.version()
         _prune("qemu", final)
     return OuterQemu(final)
+
+
+# --------------------------------------------------------------------------- libvirt 11
+#: libvirt from bookworm-backports as Debian builds it: the monolithic libvirtd only (Debian's
+#: packages ship no virtqemud or other modular daemon), with every connection driver the
+#: system's libvirt-daemon has, so that its 9.0 modules never load into an 11.x daemon.
+BACKPORTS_LIBVIRT_PACKAGES = (
+    "libvirt0", "libvirt-common", "libvirt-clients", "libvirt-daemon", "libvirt-daemon-common",
+    "libvirt-daemon-log", "libvirt-daemon-lock", "libvirt-daemon-driver-qemu",
+    "libvirt-daemon-driver-network", "libvirt-daemon-driver-nodedev",
+    "libvirt-daemon-driver-nwfilter", "libvirt-daemon-driver-secret",
+    "libvirt-daemon-driver-storage", "libvirt-daemon-driver-interface",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackportsLibvirt:
+    """A privately extracted libvirt 11 (never installed in /usr): ``root/usr`` is laid over
+    /usr inside a testbed host's mount namespace, and ``modules`` replaces the system's
+    libvirt module directory there."""
+    root: Path
+
+    @property
+    def modules(self) -> Path:
+        return self.root / "usr/lib/x86_64-linux-gnu/libvirt"
+
+    def versions(self) -> dict[str, str]:
+        return json.loads((self.root / "versions.json").read_text())
+
+
+def backports_libvirt() -> BackportsLibvirt:
+    """Download (``apt-get download``) and ``dpkg-deb -x`` libvirt 11 from bookworm-backports;
+    install from bookworm the plain libraries it needs that are missing."""
+    apt_ready()
+    versions = candidate_versions(BACKPORTS_LIBVIRT_PACKAGES, OUTER_QEMU_RELEASE)
+    key = _hash(versions, inspect.getsource(backports_libvirt))
+    final = CACHE / f"libvirt-{key}"
+    if not (final / ".complete").exists():
+        with phase("backports-libvirt-build"), _building(final) as tmp:
+            debs = tmp / "debs"
+            debs.mkdir()
+            os.chmod(tmp, 0o755)
+            os.chmod(debs, 0o777)  # apt's _apt sandbox user downloads into it
+            run(["apt-get", "download", "-q",
+                 *(f"{p}={v}" for p, v in versions.items())], cwd=debs, timeout=600)
+            deps: set[str] = set()
+            for deb in sorted(debs.glob("*.deb")):
+                run(["dpkg-deb", "-x", deb, tmp])
+                deps.update(_deb_depends(deb))
+            apt_install_l0(sorted(d for d in deps if d.startswith("lib")
+                                  and not d.startswith("libvirt")))
+            shutil.rmtree(debs)
+            (tmp / "versions.json").write_text(json.dumps(versions, indent=1))
+            if not (tmp / "usr/sbin/libvirtd").exists():
+                raise LabError("libvirt from bookworm-backports has no /usr/sbin/libvirtd")
+        _prune("libvirt", final)
+    return BackportsLibvirt(final)
 
 
 # --------------------------------------------------------------------------- L1 image

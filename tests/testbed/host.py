@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import stat
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CommandFailed, TestbedError
+from .flavours import LibvirtFlavour
 from .processes import (
     executable_name,
     file_tail,
@@ -138,8 +140,13 @@ class Host:
         journald: bool,
         libvirtd_conf_extra: Mapping[str, object],
         qemu_conf_extra: Mapping[str, object],
+        flavour: LibvirtFlavour | None = None,
     ) -> None:
         self.name = name
+        #: The libvirt and QEMU this host runs (None: the system's, not looked at).
+        self.flavour = flavour
+        #: Machine type given to ``q35`` guests (see :meth:`create_domain`); None: as written.
+        self.guest_machine: str | None = None
         self.index = index
         self.hostname = f"{instance_id}-{name}"
         self.netns = f"{instance_id}-{name}"
@@ -323,6 +330,8 @@ class Host:
             binds += JOURNAL_BIND_MOUNTS
         for subdir, mount_point in binds:
             self._enter(["mount", "--bind", str(self.directory / subdir), mount_point])
+        for command in self.flavour.mount_commands() if self.flavour else ():
+            self._enter(command)
         self._enter(["mount", "--bind", str(self.directory / "machine-id"), MACHINE_ID_FILE])
         # `ip netns exec` mounted a fresh /sys (for this netns' /sys/class/net) without
         # /sys/fs/cgroup; journald refuses to start without a cgroup hierarchy there.
@@ -547,7 +556,14 @@ class Host:
         return completed.stdout.strip() if completed.returncode == 0 else None
 
     def create_domain(self, xml: str, *, persistent: bool = False) -> str:
-        """Start a guest from ``xml`` (``virsh create``, or define + start); return its name."""
+        """Start a guest from ``xml`` (``virsh create``, or define + start); return its name.
+
+        On a testbed whose hosts run different QEMUs, a ``q35`` guest gets the versioned
+        machine type every host has (:attr:`guest_machine`), as an admin pins it in a
+        fleet being upgraded: an alias resolves to the newest QEMU's, which an older
+        QEMU cannot receive."""
+        if self.guest_machine is not None:
+            xml = _with_machine(xml, self.guest_machine)
         definitions = self.directory / "definitions"
         definitions.mkdir(exist_ok=True)
         path = definitions / f"{time.monotonic_ns()}.xml"
@@ -670,6 +686,12 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def _with_machine(xml: str, machine: str) -> str:
+    """``xml`` with ``<type … machine='q35'>`` set to ``machine`` (text otherwise as written:
+    an ElementTree round trip would rename namespace prefixes in the metadata)."""
+    return re.sub(r"(<type\b[^>]*\bmachine=)(['\"])q35\2", rf"\g<1>'{machine}'", xml, count=1)
 
 
 def _domain_name(xml: str) -> str:

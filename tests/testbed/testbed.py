@@ -34,12 +34,13 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import TeardownIncomplete, TestbedError
+from .flavours import LibvirtFlavour, system_flavour
 from .host import HOST_BIND_MOUNTS, JOURNAL_BIND_MOUNTS, JOURNALD, Host
 from .processes import pids_in_namespace, run_checked, terminate_all
 
@@ -79,6 +80,7 @@ class Testbed:
         start_timeout: float = 120.0,
         libvirtd_conf_extra: Mapping[str, object] | None = None,
         qemu_conf_extra: Mapping[str, object] | None = None,
+        flavours: Sequence[LibvirtFlavour] | LibvirtFlavour | None = None,
     ) -> None:
         if not 1 <= host_count <= len(HOST_NAMES):
             raise ValueError(f"host_count must be 1..{len(HOST_NAMES)}, not {host_count}")
@@ -95,6 +97,12 @@ class Testbed:
         self.start_timeout = start_timeout
         self._libvirtd_conf_extra = dict(libvirtd_conf_extra or {})
         self._qemu_conf_extra = dict(qemu_conf_extra or {})
+        if flavours is None or isinstance(flavours, LibvirtFlavour):
+            flavours = [flavours or system_flavour()] * host_count
+        if len(flavours) != host_count:
+            raise ValueError(f"{len(flavours)} libvirt flavours for {host_count} hosts")
+        #: Per host, the libvirt and QEMU it runs (tests/testbed/flavours.py).
+        self.flavours = tuple(flavours)
 
         self.instance_id = ""
         self.directory = Path()
@@ -117,6 +125,16 @@ class Testbed:
     def shared_dir(self) -> Path:
         """A directory seen at the same path by every host (guest serial logs, images)."""
         return self.directory / "shared"
+
+    @property
+    def guest_machine(self) -> str | None:
+        """``pc-q35-X.Y`` of the oldest QEMU when hosts run different ones, else None."""
+        if len(set(self.flavours)) < 2:
+            return None
+        versions = [tuple(int(part) for part in f.qemu_version.split(".")[:2])
+                    for f in self.flavours]
+        major, minor = min(versions)
+        return f"pc-q35-{major}.{minor}"
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -144,9 +162,12 @@ class Testbed:
                     journald=self.journald,
                     libvirtd_conf_extra=self._libvirtd_conf_extra,
                     qemu_conf_extra=self._qemu_conf_extra,
+                    flavour=self.flavours[index],
                 )
                 for index in range(self.host_count)
             )
+            for host in self.hosts:
+                host.guest_machine = self.guest_machine
             for host in self.hosts:
                 host.create_directories()
                 socket_path = str(host.run_libvirt / "libvirt-sock")
@@ -310,28 +331,40 @@ class Testbed:
         self._save_state()
 
     def _start_libvirtds(self) -> None:
-        seed = self.cache_dir / "libvirt-qemu-capabilities"
-        seeded = self.share_capabilities and any(seed.glob("*.xml"))
-        if seeded:
-            for host in self.hosts:
-                _copy_capabilities(seed, host.cache_dir / CAPABILITIES_SUBDIR)
-        if seeded or not self.share_capabilities:
-            waves = [self.hosts]
-        else:  # the first host probes QEMU once; the others start from its cache
-            waves = [self.hosts[:1], self.hosts[1:]]
-        for wave in waves:
-            for host in wave:
-                host.start_libvirtd()
-            for host in wave:
-                self.timings[f"libvirtd {host.name}"] = host.wait_libvirtd_ready(self.start_timeout)
-                log.info("host %s: libvirtd answers after %.1f s", host.name,
-                         self.timings[f"libvirtd {host.name}"])
-            if self.share_capabilities and wave is waves[0]:
-                first_cache = wave[0].cache_dir / CAPABILITIES_SUBDIR
-                _save_capabilities(first_cache, seed)
-                if not seeded:
-                    for host in self.hosts[1:]:
-                        _copy_capabilities(first_cache, host.cache_dir / CAPABILITIES_SUBDIR)
+        """Start every libvirtd; per flavour, hosts start from the seed of its QEMU
+        capabilities cache, or (no seed yet) the first probes QEMU and the others copy it."""
+        groups: dict[LibvirtFlavour, list[Host]] = {}
+        for host in self.hosts:
+            groups.setdefault(self.flavours[host.index], []).append(host)
+        first_wave: list[Host] = []
+        probers: list[tuple[Host, list[Host], Path]] = []
+        for flavour, hosts in groups.items():
+            seed = self.cache_dir / _capabilities_seed_name(flavour)
+            if self.share_capabilities and any(seed.glob("*.xml")):
+                for host in hosts:
+                    _copy_capabilities(seed, host.cache_dir / CAPABILITIES_SUBDIR)
+                first_wave += hosts
+            elif not self.share_capabilities:
+                first_wave += hosts
+            else:
+                first_wave.append(hosts[0])
+                probers.append((hosts[0], hosts[1:], seed))
+        self._start_wave(first_wave)
+        for prober, _, seed in probers:
+            _save_capabilities(prober.cache_dir / CAPABILITIES_SUBDIR, seed)
+        for prober, followers, _ in probers:
+            for host in followers:
+                _copy_capabilities(prober.cache_dir / CAPABILITIES_SUBDIR,
+                                   host.cache_dir / CAPABILITIES_SUBDIR)
+        self._start_wave([host for _, followers, _ in probers for host in followers])
+
+    def _start_wave(self, hosts: list[Host]) -> None:
+        for host in hosts:
+            host.start_libvirtd()
+        for host in hosts:
+            self.timings[f"libvirtd {host.name}"] = host.wait_libvirtd_ready(self.start_timeout)
+            log.info("host %s: libvirtd answers after %.1f s", host.name,
+                     self.timings[f"libvirtd {host.name}"])
 
     def _teardown_quietly(self) -> None:
         try:
@@ -550,6 +583,12 @@ def _release_mountpoints(instance_id: str) -> None:
             except OSError as error:
                 log.warning("left mountpoint %s in place: %s", path, error)
         registry["created"] = []
+
+
+def _capabilities_seed_name(flavour: LibvirtFlavour) -> str:
+    if flavour.name == "system":
+        return "libvirt-qemu-capabilities"
+    return f"libvirt-qemu-capabilities-{flavour.name}-{flavour.libvirt_version}"
 
 
 def _copy_capabilities(source: Path, destination: Path) -> None:
