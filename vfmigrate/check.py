@@ -225,6 +225,14 @@ def _check_capacity(report: CheckReport, destination, config: Config | None,
                                                 "stand-in VFs are simulated: not counted"))
             continue
         pfs, method = _pfs_of(network, pools, hostdev_networks, config)
+        if pfs is None:
+            # The destination's own config is not visible over libvirt: a destination whose
+            # PFs are named otherwise has VFs this host cannot count (unknown, not none).
+            report.networks.append(NetworkCheck(network, count, None, None, [], method))
+            report.notes.append(f"network {network}: the destination has no PF named as in "
+                                "this host's config, so its free VFs are not visible; its "
+                                "hook decides when the guest arrives")
+            continue
         vfs = [vf for pf in pfs for vf in pools[pf][1]]
         free = sum(1 for vf in vfs if vf not in in_use)
         near = affinity = None
@@ -316,7 +324,9 @@ def _destination_pools(destination
 
 
 def _pfs_of(network: str, pools, hostdev_networks: dict[str, list[str]],
-            config: Config | None) -> tuple[list[PciAddress], str]:
+            config: Config | None) -> tuple[list[PciAddress] | None, str]:
+    """The destination's PFs of ``network`` and how they were found; None for the PFs when
+    this host's config names none that the destination has (which PFs are unknown)."""
     by_name = {name: address for address, (name, *_) in pools.items() if name}
     if network in hostdev_networks:
         pfs = [by_name[name] for name in hostdev_networks[network] if name in by_name]
@@ -325,5 +335,7 @@ def _pfs_of(network: str, pools, hostdev_networks: dict[str, list[str]],
         specs = config.networks[network].pfs
         pfs = [by_name[spec] for spec in specs if spec in by_name]
         pfs += [address for address in pools if str(address) in specs]
+        if not pfs and pools:
+            return None, "no PF there is named as in this host's config"
         return pfs, "PFs named as in this host's config"
     return list(pools), "every PF of the destination (its network layout is not visible)"

@@ -493,29 +493,62 @@ class L1Image:
         return (self.dir / "kernel-version").read_text().strip()
 
 
-def l1_image(qemu: OuterQemu | None = None) -> L1Image:
-    """Build (or reuse) the L1 root image with mmdebstrap from the machine's apt source."""
+#: L1 libvirt kinds: ``system`` is Debian 12's libvirt 9.0 + QEMU 7.2; ``backports`` takes
+#: libvirt 11.3 + QEMU 10 from bookworm-backports (apt pinned to it for those packages only),
+#: everything else as in ``system``: a host of the newer kind, as Debian 13 ships libvirt
+#: (monolithic libvirtd: Debian builds no modular daemons).
+L1_LIBVIRT_KINDS = ("system", "backports")
+_BACKPORTS_PREFERENCES = """\
+Package: libvirt* qemu-* seabios
+Pin: release n=bookworm-backports
+Pin-Priority: 990
+"""
+#: packages whose backports version makes a ``backports`` L1 image a new one
+_BACKPORTS_KEY_PACKAGES = ("libvirt-daemon-system", "libvirt-daemon-driver-qemu",
+                           "qemu-system-x86", "libvirt-clients")
+
+
+def l1_image(qemu: OuterQemu | None = None, libvirt: str = "system") -> L1Image:
+    """Build (or reuse) the L1 root image with mmdebstrap from the machine's apt source;
+    ``libvirt`` is one of :data:`L1_LIBVIRT_KINDS`.  A ``backports`` image carries the
+    ``system`` image's ssh keys, so that the two kinds' L1s log in to each other."""
+    if libvirt not in L1_LIBVIRT_KINDS:
+        raise LabError(f"unknown L1 libvirt kind {libvirt!r}: use one of {L1_LIBVIRT_KINDS}")
     apt_ready()
     versions = candidate_versions(L1_PACKAGES)
+    base = None
+    if libvirt == "backports":
+        base = l1_image(qemu)
+        versions = {**versions, "base": base.dir.name,
+                    **{f"{p}/bpo": v for p, v in candidate_versions(
+                        _BACKPORTS_KEY_PACKAGES, OUTER_QEMU_RELEASE).items()}}
     key = _hash(versions, inspect.getsource(l1_image), inspect.getsource(_customize_l1),
-                _FSTAB, _INIT_UNIT, _SSHD_CONF, L1_SSH_NAMES, L1_MASKED_UNITS, L1_IMAGE_SIZE)
-    final = CACHE / f"l1-{key}"
+                _FSTAB, _INIT_UNIT, _SSHD_CONF, L1_SSH_NAMES, L1_MASKED_UNITS, L1_IMAGE_SIZE,
+                _BACKPORTS_PREFERENCES if base else "")
+    final = CACHE / (f"l1-{key}" if base is None else f"l1bpo-{key}")
     if (final / ".complete").exists():
         return L1Image(final)
     apt_install_l0(["mmdebstrap", "e2fsprogs", "openssh-client"])
     with _building(final) as tmp:
         os.chmod(tmp, 0o755)
         root = tmp / "rootfs"
+        sources: list[str | Path] = [HOST_SOURCES]
+        hooks: list[str] = []
+        if base is not None:
+            (tmp / "backports.pref").write_text(_BACKPORTS_PREFERENCES)
+            sources.append(BACKPORTS_SOURCES)
+            hooks = ['--setup-hook=mkdir -p "$1/etc/apt/preferences.d"',
+                     f"--setup-hook=copy-in {tmp / 'backports.pref'} /etc/apt/preferences.d"]
         with phase("l1-mmdebstrap"):
             run(["mmdebstrap", "--mode=root", "--variant=apt", "--format=directory",
                  "--aptopt=APT::Install-Recommends \"false\"",
                  "--dpkgopt=path-exclude=/usr/share/doc/*",
                  "--dpkgopt=path-exclude=/usr/share/man/*",
                  "--dpkgopt=path-exclude=/usr/share/locale/*",
-                 f"--include={','.join(L1_PACKAGES)}",
-                 "bookworm", root, HOST_SOURCES], timeout=1800)
+                 f"--include={','.join(L1_PACKAGES)}", *hooks,
+                 "bookworm", root, *sources], timeout=1800)
         with phase("l1-customize"):
-            _customize_l1(root, tmp)
+            _customize_l1(root, tmp, keys_from=base)
         with phase("l1-mkfs"):
             run(["mkfs.ext4", "-q", "-L", "l1root", "-E", "root_owner=0:0", "-d", root,
                  tmp / "root.raw", L1_IMAGE_SIZE], timeout=900)
@@ -524,7 +557,7 @@ def l1_image(qemu: OuterQemu | None = None) -> L1Image:
     return L1Image(final)
 
 
-def _customize_l1(root: Path, out: Path) -> None:
+def _customize_l1(root: Path, out: Path, keys_from: L1Image | None = None) -> None:
     kver = sorted(p.name for p in (root / "lib/modules").iterdir())[-1]
     (out / "kernel-version").write_text(kver + "\n")
     shutil.copy2(root / f"boot/vmlinuz-{kver}", out / "vmlinuz")
@@ -558,8 +591,17 @@ def _customize_l1(root: Path, out: Path) -> None:
     # root login with a key made now; pinned host key.  Both L1s boot from this image, so
     # they share the key pair and the host key: root on one L1 logs in to the other with it
     # (qemu+ssh:// migrations), the other's host key pinned by name and mig address.
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vfmigrate-lab",
-         "-f", out / "id_ed25519"])
+    if keys_from is None:
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vfmigrate-lab",
+             "-f", out / "id_ed25519"])
+    else:
+        for name in ("id_ed25519", "id_ed25519.pub"):
+            shutil.copy2(keys_from.dir / name, out / name)
+        for key in (root / "etc/ssh").glob("ssh_host_*"):
+            key.unlink()
+        for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
+            run(["debugfs", "-R", f"dump -p /etc/ssh/{name} {root / 'etc/ssh' / name}",
+                 keys_from.disk])
     write("root/.ssh/authorized_keys", (out / "id_ed25519.pub").read_text(), 0o600)
     write("root/.ssh/id_ed25519", (out / "id_ed25519").read_text(), 0o600)
     write("root/.ssh/id_ed25519.pub", (out / "id_ed25519.pub").read_text(), 0o644)
@@ -1064,7 +1106,8 @@ def parse_l2_report(line: str) -> dict:
         out[k] = v
     out["ifaces"] = [dict(zip(("name", "driver", "mac", "state", "master"), i.split("/", 4)))
                      for i in filter(None, out.get("ifaces", "").split(","))]
-    out["ping"] = dict(p.rsplit(":", 1) for p in filter(None, out.get("ping", "").split(",")))
+    # a line the console garbled (kernel messages written into it) keeps what it can parse
+    out["ping"] = dict(p.rsplit(":", 1) for p in out.get("ping", "").split(",") if ":" in p)
     return out
 
 
@@ -1075,18 +1118,21 @@ class Lab:
 
     def __init__(self, nhosts: int = 2, *, workdir: Path | None = None,
                  payloads: Sequence[Path | None] = (), numvfs: int = 2, smp: int = 2,
-                 cpu: str = L1_CPU, numa_nodes: Sequence[int] = ()):
+                 cpu: str = L1_CPU, numa_nodes: Sequence[int] = (),
+                 libvirt: Sequence[str] = ()):
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="vfmigrate-lab-"))
         with phase("cache-outer-qemu"):
             self.qemu = outer_qemu()
+        libvirt = list(libvirt) + ["system"] * nhosts
         with phase("cache-l1-image"):
             self.image = l1_image(self.qemu)
+            images = {kind: l1_image(self.qemu, kind) for kind in set(libvirt[:nhosts])}
         with phase("cache-l2-assets"):
             self.l2 = l2_assets(self.image)
         ports = Ports.pick()
         payloads = list(payloads) + [None] * nhosts
         numa_nodes = list(numa_nodes) + [1] * nhosts
-        self.hosts = [L1Host(i + 1, qemu=self.qemu, image=self.image, l2=self.l2,
+        self.hosts = [L1Host(i + 1, qemu=self.qemu, image=images[libvirt[i]], l2=self.l2,
                              workdir=self.workdir, ports=ports, payload=payloads[i],
                              numvfs=numvfs, smp=smp, cpu=cpu, numa_nodes=numa_nodes[i])
                       for i in range(nhosts)]

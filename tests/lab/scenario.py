@@ -242,12 +242,13 @@ def vf_holder_xml(name: str, vfs: list[str], *, teamed: bool = False,
 
 @contextmanager
 def vfmigrate_lab(deb: Path, work: Path, *, numvfs: int = 2, deny_first_on_b: bool = True,
-                  numa_nodes: tuple[int, int] = (1, 1)
+                  numa_nodes: tuple[int, int] = (1, 1),
+                  libvirt: tuple[str, str] = ("system", "system")
                   ) -> Iterator[tuple[lab.L1Host, lab.L1Host]]:
     """lab-a and lab-b booted with ``deb`` installed, ``numvfs`` VFs each, physnet1 on
     their igb PF (lab-b denies its first VF unless told not to), listeners restarted on
-    that config, each with ``numa_nodes`` NUMA nodes (two: the PF on node 1); stopped on
-    exit."""
+    that config, each with ``numa_nodes`` NUMA nodes (two: the PF on node 1) and the
+    ``libvirt`` kind of L1 image (lab.L1_LIBVIRT_KINDS); stopped on exit."""
     payloads = []
     for name in ("a", "b"):
         payload = work / f"payload-{name}"
@@ -255,7 +256,7 @@ def vfmigrate_lab(deb: Path, work: Path, *, numvfs: int = 2, deny_first_on_b: bo
         shutil.copy(deb, payload)
         payloads.append(payload)
     with lab.Lab(2, workdir=work / "hosts", payloads=payloads, numvfs=numvfs,
-                 numa_nodes=numa_nodes) as the_lab:
+                 numa_nodes=numa_nodes, libvirt=libvirt) as the_lab:
         the_lab.boot(timeout=480)
         a, b = the_lab.hosts
         for host, deny_first in ((a, False), (b, deny_first_on_b)):

@@ -130,6 +130,22 @@ def test_not_enough_free_vfs_means_cannot(host, tmp_path):
                                   "(PFs named as in this host's config)"]
 
 
+def test_a_destination_whose_pfs_are_named_otherwise_has_unknown_free_vfs(host, tmp_path):
+    """lab-b on a pxb-pcie bus names its PF ens1 where lab-a's is enp1s0 (issue 16): its
+    free VFs are unknown over libvirt, not none, and the destination's hook decides."""
+    path = tmp_path / "renamed.xml"
+    path.write_text((DESTINATION % {"network": ""}).replace("ens1f0", "ens1"))
+    source = source_host(tmp_path, [device(host.physnet1_vfs[5], "52:54:00:00:00:01")])
+    code, report = check(host, source, f"test://{path}")
+    assert (code, report["path"], report["can_migrate"]) == (10, "vfmigrate-migrate", True)
+    [network] = report["networks"]
+    assert (network["free"], network["total"], network["pfs"]) == (None, None, [])
+    assert network["method"] == "no PF there is named as in this host's config"
+    assert ("network physnet1: the destination has no PF named as in this host's config, so "
+            "its free VFs are not visible; its hook decides when the guest arrives"
+            in report["notes"])
+
+
 def test_libvirt_hostdev_network_of_the_label_names_the_pool(host, tmp_path):
     source = source_host(tmp_path, [device(host.physnet2_vfs[1], "52:54:00:00:00:01")])
     code, report = check(host, source, destination_host(tmp_path, PHYSNET2_POOL))
@@ -160,8 +176,10 @@ def test_non_network_vf_is_refused_unless_included(host, tmp_path):
                          str(nvme))
     assert (report["devices"][0]["path"], report["devices"][0]["network"]) == \
         ("assisted", "storage")
-    assert report["networks"][0]["free"] == 0   # the destination has no such PF
-    assert code == 1
+    # The destination has no PF at this host's address for the network: how many VFs it
+    # has there is unknown over libvirt (its own config names its PFs), not none.
+    assert report["networks"][0]["free"] is None
+    assert code == 10
 
 
 def test_text_output_names_each_device_and_network(host, tmp_path):

@@ -40,3 +40,16 @@ def test_a_report_line_names_the_interfaces_and_the_pings():
         ("eth0", "virtio_net", "-"), ("eth1", "virtio_net", "eth0"),
         ("eth2", "igbvf", "eth0")]
     assert report["ping"] == {"198.51.100.1": "ok", "198.51.100.2": "ok"}
+
+
+def test_a_report_line_the_console_garbled_keeps_what_it_can_parse():
+    """A report line with a ping entry lacking its ``:result`` stopped a lab run with
+    ValueError (tests/lab/versions.py, guest on a libvirt 11.3 / QEMU 10 L1; the line itself
+    was not kept). This one is made in that shape, kernel output written into it: the report
+    is read as far as it goes."""
+    line = ("LAB-L2 up=81.2 master=eth0 ifaces=eth0/virtio_net/52:54:00:10:00:01/up/- "
+            "ping=198.51.100.1:ok,198.51.100.2[   82.004511] virtio_net virtio1 eth1: "
+            "failover primary slave:eth2 registered")
+    report = parse_l2_report(line)
+    assert report["ping"] == {"198.51.100.1": "ok"}
+    assert report["master"] == "eth0"
