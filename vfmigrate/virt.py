@@ -97,25 +97,24 @@ class LibvirtHost:
     def _guest(self, domain, inactive: bool = False) -> Guest | None:
         flags = self.libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
         try:
-            if not inactive and self.status_dir is not None and self._migrating(domain):
+            xml = None
+            if not inactive and self.status_dir is not None \
+                    and self._paused_by_migration(*domain.state()):
                 # libvirt 11 makes a live XMLDesc wait for the migration's job to end
                 # (up to 30 s, seen on the destination); the status file holds the same
                 # live definition and needs no job.
                 xml = running.status_domain_xml(self.status_dir, domain.name())
-                if xml is not None:
-                    return Guest(domain.UUIDString(), domain.name(),
-                                 bool(domain.isPersistent()), xml)
-            return Guest(domain.UUIDString(), domain.name(), bool(domain.isPersistent()),
-                         domain.XMLDesc(flags).encode())
+            if xml is None:
+                xml = domain.XMLDesc(flags).encode()
+            return Guest(domain.UUIDString(), domain.name(), bool(domain.isPersistent()), xml)
         except self.libvirt.libvirtError as error:
             if self._gone(error):
                 return None
             raise failure("read domain XML", error) from None
 
-    def _migrating(self, domain) -> bool:
-        """Paused by an incoming or outgoing migration (libvirt's state reason)."""
+    def _paused_by_migration(self, state: int, reason: int) -> bool:
+        """libvirt's state and reason say an incoming or outgoing migration paused it."""
         libvirt = self.libvirt
-        state, reason = domain.state()
         return state == libvirt.VIR_DOMAIN_PAUSED and reason in (
             libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
             libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
@@ -243,9 +242,7 @@ class LibvirtHost:
             raise failure("read job stats", error) from None
         if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE:
             return True
-        return state == libvirt.VIR_DOMAIN_PAUSED and reason in (
-            libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
-            libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
+        return self._paused_by_migration(state, reason)
 
     def host_uuid(self) -> str:
         """This host's UUID from libvirt's capabilities (its hostname if none)."""

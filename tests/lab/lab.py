@@ -293,6 +293,25 @@ def candidate_versions(packages: Iterable[str], release: str | None = None) -> d
     return result
 
 
+def _extract_debs(versions: Mapping[str, str], root: Path) -> set[str]:
+    """``apt-get download`` package=version of each of ``versions`` and ``dpkg-deb -x`` them
+    into ``root`` (never installed); write ``root/versions.json``; return the names of the
+    packages they depend on."""
+    debs = root / "debs"
+    debs.mkdir()
+    os.chmod(root, 0o755)
+    os.chmod(debs, 0o777)  # apt's _apt sandbox user downloads into it
+    run(["apt-get", "download", "-q",
+         *(f"{p}={v}" for p, v in versions.items())], cwd=debs, timeout=600)
+    deps: set[str] = set()
+    for deb in sorted(debs.glob("*.deb")):
+        run(["dpkg-deb", "-x", deb, root])
+        deps.update(_deb_depends(deb))
+    shutil.rmtree(debs)
+    (root / "versions.json").write_text(json.dumps(versions, indent=1))
+    return deps
+
+
 def _deb_depends(deb: Path) -> list[str]:
     dep = run(["dpkg-deb", "-f", deb, "Depends"]).stdout.strip()
     names = []
@@ -343,20 +362,9 @@ def outer_qemu() -> OuterQemu:
     final = CACHE / f"qemu-{key}"
     if not (final / ".complete").exists():
         with phase("outer-qemu-build"), _building(final) as tmp:
-            debs = tmp / "debs"
-            debs.mkdir()
-            os.chmod(tmp, 0o755)
-            os.chmod(debs, 0o777)  # apt's _apt sandbox user downloads into it
-            run(["apt-get", "download", "-q",
-                 *(f"{p}={v}" for p, v in versions.items())], cwd=debs, timeout=600)
-            deps: set[str] = set()
-            for deb in sorted(debs.glob("*.deb")):
-                run(["dpkg-deb", "-x", deb, tmp])
-                deps.update(_deb_depends(deb))
+            deps = _extract_debs(versions, tmp)
             apt_install_l0(sorted(d for d in deps if not d.startswith(("qemu-", "seabios"))
                                   and d != "ipxe-qemu"))
-            shutil.rmtree(debs)
-            (tmp / "versions.json").write_text(json.dumps(versions, indent=1))
             q = OuterQemu(tmp)
             missing = [line for line in run(["ldd", q.system]).stdout.splitlines()
                        if "not found" in line]
@@ -404,20 +412,9 @@ def backports_libvirt() -> BackportsLibvirt:
     final = CACHE / f"libvirt-{key}"
     if not (final / ".complete").exists():
         with phase("backports-libvirt-build"), _building(final) as tmp:
-            debs = tmp / "debs"
-            debs.mkdir()
-            os.chmod(tmp, 0o755)
-            os.chmod(debs, 0o777)  # apt's _apt sandbox user downloads into it
-            run(["apt-get", "download", "-q",
-                 *(f"{p}={v}" for p, v in versions.items())], cwd=debs, timeout=600)
-            deps: set[str] = set()
-            for deb in sorted(debs.glob("*.deb")):
-                run(["dpkg-deb", "-x", deb, tmp])
-                deps.update(_deb_depends(deb))
+            deps = _extract_debs(versions, tmp)
             apt_install_l0(sorted(d for d in deps if d.startswith("lib")
                                   and not d.startswith("libvirt")))
-            shutil.rmtree(debs)
-            (tmp / "versions.json").write_text(json.dumps(versions, indent=1))
             if not (tmp / "usr/sbin/libvirtd").exists():
                 raise LabError("libvirt from bookworm-backports has no /usr/sbin/libvirtd")
         _prune("libvirt", final)

@@ -62,8 +62,8 @@ class LibvirtFlavour:
         return commands
 
 
-def _first_version(argv: list[str], env: dict[str, str] | None = None) -> str:
-    output = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
+def _first_version(argv: list[str]) -> str:
+    output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     match = re.search(r"(\d+\.\d+\.\d+)", output)
     if match is None:
         raise RuntimeError(f"{argv[0]} printed no version: {output!r}")

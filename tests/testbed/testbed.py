@@ -335,7 +335,7 @@ class Testbed:
         capabilities cache, or (no seed yet) the first probes QEMU and the others copy it."""
         groups: dict[LibvirtFlavour, list[Host]] = {}
         for host in self.hosts:
-            groups.setdefault(self.flavours[host.index], []).append(host)
+            groups.setdefault(host.flavour, []).append(host)
         first_wave: list[Host] = []
         probers: list[tuple[Host, list[Host], Path]] = []
         for flavour, hosts in groups.items():
