@@ -26,7 +26,7 @@ from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, Claim, Ledger
 from .numa import BadCpuset, nodes_phrase
 from .events import Event, EventKind
-from .ownership import Snapshot
+from .ownership import Change, Snapshot
 from .pci import PciAddress
 from .records import record
 from .running import RunningGuest, running_guests
@@ -71,30 +71,6 @@ class NoPFSpread(Refused):
 
 
 VFIO_DRIVER = "vfio-pci"
-
-
-class Change(record("Change", "event vf domain_name domain_uuid network detail claim")):
-    """One thing a decision did (or, in a dry run, would do) to a VF's claim, or reports
-    about a VF: the kind of event, the VF, its network, the guest, why, and the claim as
-    it is now (None where there is none).  The hook's decisions and the listener's
-    reconcile both return these."""
-
-    __slots__ = ()
-
-    def __new__(cls, event, vf, domain_name, domain_uuid, network, detail, claim=None):
-        return super().__new__(cls, event, vf, domain_name, domain_uuid, network, detail,
-                               claim)
-
-    @classmethod
-    def of(cls, event, claim: Claim, detail: str) -> Change:
-        return cls(event, claim.vf, claim.domain_name, claim.domain_uuid, claim.network,
-                   detail, claim)
-
-    def line(self) -> str:
-        """One line for a listing (``vfmigrate reconcile``)."""
-        who = f"guest {self.domain_name}" if self.domain_name else "no guest"
-        return (f"{self.event.name.lower():<9} VF {self.vf} ({self.network or '-'}) {who}: "
-                f"{self.detail}")
 
 
 class Assignment(record("Assignment", "device vf claim")):

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from . import config as configuration
 from . import domxml
-from .claims import Change, Claims
+from .claims import Claims
 from .errors import (ConfigMissing, EXIT_INTERNAL, NotConfigured, VfmigrateError,
                      exit_code_for)
 from .events import (ERROR, INFO, JOURNAL_SOCKET, WARNING, Event, HookLog,
                      default_sender)
 from .inventory import Inventory
 from .ledger import Ledger
+from .ownership import Change
 
 # What the guest is doing when libvirt runs the hook, as the journal says it.
 _DOING = {"migrate": "is arriving by migration", "restore": "is being restored",

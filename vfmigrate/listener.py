@@ -104,7 +104,7 @@ from .events import Event
 from .inventory import Inventory
 from .ledger import Ledger
 from .logs import event
-from .claims import Change
+from .ownership import Change
 from .reconcile import Reconciler, vf_resetter
 from .supervision import (ConnectionClosed, DeviceChanged, JobCompleted, Lifecycle,
                           LinkChanged, Notifier, Reconcile, RemovalFailed, UdevEvent, Watch,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from .config import Config
 from .ledger import INCOMING, RESETTING, Claim
 from .pci import PciAddress
+from .records import record
 from .running import RunningGuest
 
 # How long a reset claim in state "resetting" may be before it counts as left behind
@@ -30,6 +31,30 @@ def reset_in_progress(claim: Claim, now: float, config: Config, lock_timeout: fl
     """A reset claim whose reset may still be running (not failed, not abandoned)."""
     return (claim.reset_state == RESETTING
             and now - claim.updated <= config.reset_timeout + lock_timeout + RESET_GRACE)
+
+
+class Change(record("Change", "event vf domain_name domain_uuid network detail claim")):
+    """One thing a decision did (or, in a dry run, would do) to a VF's claim, or reports
+    about a VF: the kind of event, the VF, its network, the guest, why, and the claim as
+    it is now (None where there is none).  The hook's decisions and the listener's
+    reconcile both return these."""
+
+    __slots__ = ()
+
+    def __new__(cls, event, vf, domain_name, domain_uuid, network, detail, claim=None):
+        return super().__new__(cls, event, vf, domain_name, domain_uuid, network, detail,
+                               claim)
+
+    @classmethod
+    def of(cls, event, claim: Claim, detail: str) -> Change:
+        return cls(event, claim.vf, claim.domain_name, claim.domain_uuid, claim.network,
+                   detail, claim)
+
+    def line(self) -> str:
+        """One line for a listing (``vfmigrate reconcile``)."""
+        who = f"guest {self.domain_name}" if self.domain_name else "no guest"
+        return (f"{self.event.name.lower():<9} VF {self.vf} ({self.network or '-'}) {who}: "
+                f"{self.detail}")
 
 
 class Snapshot:

@@ -60,13 +60,12 @@ from collections import namedtuple
 from collections.abc import Callable, Iterable
 
 from . import domxml
-from .claims import Change
 from .config import Config
 from .errors import BadDomainXML, VfmigrateError
 from .events import Event
 from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, RESET_FAILED, RESETTING, Claim, Ledger
-from .ownership import Snapshot, reset_in_progress
+from .ownership import Change, Snapshot, reset_in_progress
 from .pci import PciAddress
 from .running import RunningGuest
 from .virt import Guest

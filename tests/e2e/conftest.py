@@ -2,8 +2,10 @@
 (TCG) and real ``virsh migrate --live``.  Needs root.
 
 Every test runs once per libvirt flavour (``$VFMIGRATE_TEST_LIBVIRT``, default all:
-the system's libvirt 9.0 + QEMU 7.2, and libvirt 11 + QEMU 10 from bookworm-backports),
-and the migration tests also between hosts of different flavours, in both directions.
+the system's libvirt 9.0 + QEMU 7.2, and libvirt 11 + QEMU 10 from bookworm-backports);
+tests marked ``between_versions`` (a guest moving, refused or rolled back: where one
+version meets the other's XML and migration stream) also run between hosts of different
+flavours, in both directions.
 A test's id names its flavours (``system``, ``backports``, ``system-to-backports``), and
 the cost summary prints the versions.
 """
@@ -20,22 +22,19 @@ from tests.testbed.flavours import flavours_to_test
 
 from .vfhosts import libvirt_flavours, vf_testbed
 
-#: Modules whose tests also migrate between hosts of different libvirt versions.
-CROSS_VERSION_MODULES = {"test_migration", "test_assisted"}
-
-
-def libvirt_setups(module: str) -> list[tuple[str, str]]:
-    """(flavour of host a, flavour of host b) for each run of a test in ``module``."""
+def libvirt_setups(between_versions: bool) -> list[tuple[str, str]]:
+    """(flavour of host a, flavour of host b) for each run of a test."""
     names = flavours_to_test()
     setups = [(name, name) for name in names]
-    if module in CROSS_VERSION_MODULES:
+    if between_versions:
         setups += [(a, b) for a in names for b in names if a != b]
     return setups
 
 
 def pytest_generate_tests(metafunc):
     if "libvirt_setup" in metafunc.fixturenames:
-        setups = libvirt_setups(metafunc.module.__name__.rsplit(".", 1)[-1])
+        setups = libvirt_setups(
+            metafunc.definition.get_closest_marker("between_versions") is not None)
         metafunc.parametrize("libvirt_setup", setups, indirect=True,
                              ids=[a if a == b else f"{a}-to-{b}" for a, b in setups])
 

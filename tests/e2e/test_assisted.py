@@ -78,6 +78,7 @@ def vfmigrate_migrate(source, destination, name, *options, check=False):
                             check=check)
 
 
+@pytest.mark.between_versions
 def test_stand_in_moves_and_is_plugged_back_in(stand_in_hosts, linux_guest_image):
     a, b = stand_in_hosts
     name, serial = stand_in_guest(stand_in_hosts.testbed, a, linux_guest_image)
@@ -127,6 +128,7 @@ def test_guest_that_never_unplugs_keeps_its_device(stand_in_hosts):
     assert a.claim_summary() == [("stubborn", str(a.vfs[2]), "active")] and b.claims() == []
 
 
+@pytest.mark.between_versions
 def test_destination_without_free_vf_rolls_back(stand_in_hosts, linux_guest_image):
     a, b = stand_in_hosts
     for index, vf in enumerate(b.vfs):

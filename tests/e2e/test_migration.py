@@ -35,6 +35,7 @@ def message_ids(host) -> list[str]:
     return [entry.get("MESSAGE_ID") for entry in host.journal()]
 
 
+@pytest.mark.between_versions
 @pytest.mark.parametrize("mode", MODES)
 def test_guest_without_vf_migrates_as_before(hosts, mode):
     a, b = hosts
@@ -46,6 +47,7 @@ def test_guest_without_vf_migrates_as_before(hosts, mode):
     assert Event.REFUSED.message_id not in message_ids(a) + message_ids(b)
 
 
+@pytest.mark.between_versions
 @pytest.mark.parametrize("mode", MODES)
 def test_vf_guest_gets_a_vf_of_the_destination(hosts, mode):
     a, b = hosts
@@ -75,6 +77,7 @@ def test_vf_guest_gets_a_vf_of_the_destination(hosts, mode):
     assert int(migrated[0]["VFMIGRATE_DOWNTIME_MS"]) >= 0
 
 
+@pytest.mark.between_versions
 def test_no_free_vf_refuses_the_migration_and_the_guest_stays(hosts):
     a, b = hosts
     for index, vf in enumerate(b.vfs):
