@@ -26,7 +26,7 @@ from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, Claim, Ledger
 from .numa import BadCpuset, nodes_phrase
 from .events import Event, EventKind
-from .ownership import Change, Snapshot
+from .ownership import Change, Snapshot, reset_phrase
 from .pci import PciAddress
 from .records import record
 from .running import RunningGuest, running_guests
@@ -71,6 +71,7 @@ class NoPFSpread(Refused):
 
 
 VFIO_DRIVER = "vfio-pci"
+_ARRIVAL = {"migrate": "migration", "restore": "restore"}
 
 
 class Assignment(record("Assignment", "device vf claim")):
@@ -154,9 +155,13 @@ class Claims:
         the hook leaves stale active claims to reconcile.)"""
         expired = [claim for claim in snapshot.claim_of.values()
                    if claim.state == INCOMING and snapshot.is_stale(claim)]
-        return self._release(snapshot, expired, "expired: the guest never arrived",
-                             Event.EXPIRED, "released: the guest it was reserved for never "
-                                            "arrived")
+        changes: list[Change] = []
+        for claim in expired:
+            changes += self._release(snapshot, [claim], "expired: the guest never arrived",
+                                     Event.EXPIRED, f"released: it was reserved for guest "
+                                                    f"'{claim.domain_name}', which never "
+                                                    "arrived")
+        return changes
 
     def _named_vfs(self, domain: DomainXML) -> Iterator[tuple[VFDevice, VF]]:
         """The devices of the guest that name a VF of ours, with that VF."""
@@ -255,8 +260,9 @@ class Claims:
             earlier = [claim for claim in snapshot.claim_of.values()
                        if claim.domain_uuid == domain.uuid]
             changes = self._release(snapshot, earlier, f"superseded by a new {operation}",
-                                    Event.RELEASED, "released: the guest's earlier "
-                                                    "reservation is superseded")
+                                    Event.RELEASED, f"released: this {_ARRIVAL[operation]} "
+                                                    "replaces the guest's earlier "
+                                                    "reservation of it")
             changes += self._expire(snapshot)
             taken = snapshot.taken_from(domain.uuid)
             nodes = self._guest_nodes(domain)
@@ -344,7 +350,7 @@ class Claims:
 
     def _end_reset_claim(self, claim: Claim, why: str) -> list[Change]:
         """Give up a reset claim because a guest uses the VF: no reset is owed any more."""
-        detail = f"no longer to be reset ({claim.reset_state}): {why}"
+        detail = f"no longer waits for a reset ({reset_phrase(claim)}): {why}"
         released = self.ledger.set_state([claim], RELEASED, detail)
         self.ledger.mark_reset(claim.vf)
         return [Change.of(Event.RELEASED, c, detail) for c in released]

@@ -201,9 +201,12 @@ class HookCall:
         """One sentence per change: "guest web1 is running: VF … of network … is in use"."""
         doing = doing or _DOING.get(self.operation, self.operation)
         for change in changes:
-            self.log.event(change.event, f"guest {domain.name} {doing}: VF {change.vf} of "
-                           f"network {change.network} {change.detail}",
-                           domain=domain.name, vf=change.vf, network=change.network,
+            # Another guest's claim this call ended (it never arrived) is told as its own.
+            others = change.domain_uuid is not None and change.domain_uuid != domain.uuid
+            about = change.domain_name if others else domain.name
+            self.log.event(change.event, ("" if others else f"guest {domain.name} {doing}: ")
+                           + f"VF {change.vf} of network {change.network} {change.detail}",
+                           domain=about, vf=change.vf, network=change.network,
                            priority=WARNING if change.event is Event.SPREAD else INFO)
 
     def _log_skipped(self, inventory: Inventory) -> None:

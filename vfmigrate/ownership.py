@@ -17,7 +17,7 @@ decided and applies it in its own ledger transaction.
 from __future__ import annotations
 
 from .config import Config
-from .ledger import INCOMING, RESETTING, Claim
+from .ledger import INCOMING, RESET_FAILED, RESETTING, Claim
 from .pci import PciAddress
 from .records import record
 from .running import RunningGuest
@@ -31,6 +31,14 @@ def reset_in_progress(claim: Claim, now: float, config: Config, lock_timeout: fl
     """A reset claim whose reset may still be running (not failed, not abandoned)."""
     return (claim.reset_state == RESETTING
             and now - claim.updated <= config.reset_timeout + lock_timeout + RESET_GRACE)
+
+
+_RESET_PHRASES = {RESETTING: "its reset was abandoned", RESET_FAILED: "its reset failed"}
+
+
+def reset_phrase(claim: Claim) -> str:
+    """Why a reset claim's VF still waits for its reset, as a clause."""
+    return _RESET_PHRASES.get(claim.reset_state, "its reset has not run")
 
 
 class Change(record("Change", "event vf domain_name domain_uuid network detail claim")):
@@ -52,9 +60,11 @@ class Change(record("Change", "event vf domain_name domain_uuid network detail c
 
     def line(self) -> str:
         """One line for a listing (``vfmigrate reconcile``)."""
-        who = f"guest {self.domain_name}" if self.domain_name else "no guest"
-        return (f"{self.event.name.lower():<9} VF {self.vf} ({self.network or '-'}) {who}: "
-                f"{self.detail}")
+        subject = " ".join(part for part in (
+            f"VF {self.vf}" if self.vf != "-" else "",
+            f"({self.network})" if self.network else "",
+            f"guest {self.domain_name}" if self.domain_name else "") if part)
+        return f"{self.event.name.lower():<9} {subject or 'ledger'}: {self.detail}"
 
 
 class Snapshot:

@@ -65,7 +65,7 @@ from .errors import BadDomainXML, VfmigrateError
 from .events import Event
 from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, RESET_FAILED, RESETTING, Claim, Ledger
-from .ownership import Change, Snapshot, reset_in_progress
+from .ownership import Change, Snapshot, reset_in_progress, reset_phrase
 from .pci import PciAddress
 from .running import RunningGuest
 from .virt import Guest
@@ -227,8 +227,8 @@ class Reconciler:
             own, yielding, obstacle = snapshot.standing(address, guest.uuid, starting=False)
             if yielding is not None:
                 corrections.append(Change.of(Event.CORRECTED, yielding, (
-                    f"reset given up ({yielding.reset_state}): running guest '{guest.name}' "
-                    "holds this VF")))
+                    f"no longer waits for a reset ({reset_phrase(yielding)}): running guest "
+                    f"'{guest.name}' holds this VF")))
             vf = inventory.find_vf(address)
             if vf is None:
                 continue

@@ -314,8 +314,8 @@ def test_reconcile_ends_a_reset_claim_on_a_vf_a_running_guest_holds(host, pf):
     reconciler = Reconciler(host.config(), host.ledger(), vf_netlink=pf.netlink(host))
     corrections = reconciler.reconcile([guest("hotplugged", xml)])
     assert [(c.event, c.detail) for c in corrections] == [
-        (Event.CORRECTED, "reset given up (reset failed): running guest 'hotplugged' holds "
-                          "this VF"),
+        (Event.CORRECTED, "no longer waits for a reset (its reset failed): running guest "
+                          "'hotplugged' holds this VF"),
         (Event.CORRECTED, "held without a claim: claim added")]
     assert [(c.domain_name, c.vf) for c in host.live_claims()] == [("hotplugged", vf)]
     assert reconciler.reconcile([guest("hotplugged", xml)]) == []
