@@ -136,11 +136,6 @@ class Claims:
         raise UnlabelledDevice(device=device.describe(), domain=domain.name,
                                count=len(networks), configured=", ".join(sorted(networks)))
 
-    def _snapshot(self, claims: list[Claim],
-                  running: Mapping[str, RunningGuest] | Callable[[], Mapping[str, RunningGuest]]
-                  ) -> Snapshot:
-        return Snapshot(self.config, claims, running, self.clock(), self.ledger.lock_timeout)
-
     def _release(self, snapshot: Snapshot, claims: list[Claim], reason: str,
                  event: EventKind, detail: str) -> list[Change]:
         """Release ``claims``, which then hold no VF in ``snapshot``."""
@@ -256,7 +251,7 @@ class Claims:
             raise AlreadyRunningHere(domain=domain.name, uuid=domain.uuid)
         assignments: list[Assignment] = []
         with self.ledger.transaction():
-            snapshot = self._snapshot(self.ledger.live_claims(), self.running)
+            snapshot = Snapshot.of(self.config, self.ledger, self.running, self.clock)
             earlier = [claim for claim in snapshot.claim_of.values()
                        if claim.domain_uuid == domain.uuid]
             changes = self._release(snapshot, earlier, f"superseded by a new {operation}",
@@ -331,7 +326,7 @@ class Claims:
         refuses the start.
         """
         with self.ledger.transaction():
-            snapshot = self._snapshot(self.ledger.live_claims(), self.running)
+            snapshot = Snapshot.of(self.config, self.ledger, self.running, self.clock)
             changes = self._expire(snapshot)
             for device, vf in self._named_vfs(domain):
                 own, yielding, obstacle = snapshot.standing(vf.address, domain.uuid,
@@ -380,8 +375,8 @@ class Claims:
         changes: list[Change] = []
         conflicts: list[VfmigrateError] = []
         with self.ledger.transaction():
-            snapshot = self._snapshot(self.ledger.live_claims(strict=False),
-                                      lambda: self.running)
+            snapshot = Snapshot.of(self.config, self.ledger, lambda: self.running, self.clock,
+                                   strict=False)
             for _, vf in self._named_vfs(domain):
                 own, yielding, obstacle = snapshot.standing(vf.address, domain.uuid,
                                                             starting=False)

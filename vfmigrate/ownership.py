@@ -1,7 +1,9 @@
 """Who holds a VF and what stands in a guest's way: the one rule of the hook's decisions
 (:mod:`vfmigrate.claims`) and of reconcile's plan (:mod:`vfmigrate.reconcile`), judged
-over a :class:`Snapshot` of the host.  Nothing here writes: each caller words what is
-decided and applies it in its own ledger transaction.
+over a :class:`Snapshot` of the host, which :meth:`Snapshot.of` alone builds.  Both
+return what they decide as :class:`Change` records.  Nothing here writes: the hook's
+decisions apply theirs in the transaction that read the snapshot, reconcile applies its
+plan in one transaction that checks each claim is still as planned.
 
 * A VF is held by the live claim on it and by every running guest whose ``held``
   names it (:mod:`vfmigrate.running`).
@@ -17,7 +19,7 @@ decided and applies it in its own ledger transaction.
 from __future__ import annotations
 
 from .config import Config
-from .ledger import INCOMING, RESET_FAILED, RESETTING, Claim
+from .ledger import INCOMING, RESET_FAILED, RESETTING, Claim, Ledger
 from .pci import PciAddress
 from .records import record
 from .running import RunningGuest
@@ -79,6 +81,17 @@ class Snapshot:
         self._holders: dict[PciAddress, list[RunningGuest]] | None = None
         self.now = now
         self.lock_timeout = lock_timeout
+
+    @classmethod
+    def of(cls, config: Config, ledger: Ledger,
+           running: Mapping[str, RunningGuest] | Callable[[], Mapping[str, RunningGuest]],
+           clock: Callable[[], float], *, strict: bool = True) -> Snapshot:
+        """The host now: the ledger's live claims (``strict``: a row that cannot be read
+        raises; else it is left out and in ``ledger.bad_rows``) and what its running
+        guests hold (the hook reads that from libvirt's status files, the listener from
+        libvirt)."""
+        return cls(config, ledger.live_claims(strict=strict), running, clock(),
+                   ledger.lock_timeout)
 
     @property
     def running(self) -> Mapping[str, RunningGuest]:

@@ -93,7 +93,7 @@ class UnknownGuest(namedtuple("UnknownGuest", "uuid name mentioned problem")):
                    problem)
 
 
-class ClaimsSnapshot(frozenset):
+class ClaimsBefore(frozenset):
     """The live claims as they were before the guest list was taken: (id, updated)."""
 
 
@@ -144,9 +144,9 @@ class Reconciler:
 
     # -- planning -------------------------------------------------------------
 
-    def snapshot(self) -> ClaimsSnapshot:
+    def snapshot(self) -> ClaimsBefore:
         """The live claims now: take it *before* listing the guests (``claims_before``)."""
-        return ClaimsSnapshot((claim.id, claim.updated)
+        return ClaimsBefore((claim.id, claim.updated)
                               for claim in self.ledger.live_claims(strict=False))
 
     def read_guests(self, guests: Iterable[Guest]
@@ -172,7 +172,7 @@ class Reconciler:
 
     def plan(self, guests: list[RunningGuest], *, only_uuid: str | None = None,
              unknown: Iterable[UnknownGuest] = (),
-             claims_before: ClaimsSnapshot | None = None) -> list[Change]:
+             claims_before: ClaimsBefore | None = None) -> list[Change]:
         """What to change so the ledger matches ``guests`` (all running guests,
         or, with ``only_uuid``, that guest alone: [] if it is not running).
 
@@ -181,9 +181,8 @@ class Reconciler:
         the guest list; only claims in it, unchanged, are released."""
         inventory = self.inventory_factory()
         self.ledger.bad_rows = {}
-        snapshot = Snapshot(self.config, self.ledger.live_claims(strict=False),
-                            {guest.uuid: guest for guest in guests}, self.clock(),
-                            self.ledger.lock_timeout)
+        snapshot = Snapshot.of(self.config, self.ledger, {guest.uuid: guest for guest in guests},
+                               self.clock, strict=False)
         bad_rows = dict(self.ledger.bad_rows)
         unknown = list(unknown)
         unknown_uuids = {guest.uuid for guest in unknown}
@@ -422,7 +421,7 @@ class Reconciler:
 
     def reconcile(self, guests: Iterable[Guest] | Callable[[], Iterable[Guest]], *,
                   only_uuid: str | None = None, dry_run: bool = False,
-                  claims_before: ClaimsSnapshot | None = None) -> list[Change]:
+                  claims_before: ClaimsBefore | None = None) -> list[Change]:
         """Plan, apply, reset.  ``guests``: the running guests as libvirt lists them, or
         a function listing them (then the claims are snapshot first: exact)."""
         if callable(guests):
