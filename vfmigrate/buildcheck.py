@@ -4,8 +4,8 @@ dpkg and rpm replace a package's files one rename at a time; a hook that libvirt
 starts meanwhile could import some modules of the old version and some of the new
 (packaging/README.md, "Upgrade safety").  ``packaging/build`` writes
 ``vfmigrate/_build.py``: the version and a CRC-32 of every module file of the build.
-The hook's VF path checks the files on disk against it before and after its imports:
-if both match, everything it loaded is that build.  If not, it waits a second (the
+The hook's VF path checks the files on disk against it before its imports, and after
+them that no file was replaced since: then everything it loaded is that build.  If not, it waits a second (the
 package manager's rename loop takes milliseconds) and starts itself once more; if the
 files still do not match, the package is broken and the hook answers as it does when
 it cannot import vfmigrate at all (``hooks/qemu``): an incoming guest with VFs is
@@ -24,8 +24,9 @@ REEXEC_ENV = "VFMIGRATE_REEXEC"
 SETTLE_SECONDS = 1.0
 
 
-def mismatch(package_dir: str | None = None) -> str | None:
-    """What on disk is not this build (a missing or changed file), or None."""
+def mismatch(package_dir: str | None = None, seen: dict | None = None) -> str | None:
+    """What on disk is not this build (a missing or changed file), or None.  ``seen``
+    gets each file's inode, mtime and size as read, for :func:`changed_since`."""
     try:
         from . import _build
     except ImportError:
@@ -34,13 +35,31 @@ def mismatch(package_dir: str | None = None) -> str | None:
 
     package_dir = package_dir or os.path.dirname(os.path.abspath(__file__))
     for name, crc in _build.FILES.items():
+        path = os.path.join(package_dir, name)
         try:
-            with open(os.path.join(package_dir, name), "rb") as source:
+            with open(path, "rb") as source:
                 data = source.read()
+                status = os.fstat(source.fileno())
         except OSError:
             return f"{name} is missing"
         if zlib.crc32(data) != crc:
             return f"{name} is not the one of vfmigrate {_build.VERSION}"
+        if seen is not None:
+            seen[path] = (status.st_ino, status.st_mtime_ns, status.st_size)
+    return None
+
+
+def changed_since(seen: dict) -> str | None:
+    """A file :func:`mismatch` read into ``seen`` that is no longer that file, or None.
+    Package managers replace a file by renaming a new one over it (a new inode), so
+    files unchanged here were this build all along: what was imported in between too."""
+    for path, identity in seen.items():
+        try:
+            status = os.stat(path)
+        except OSError:
+            return f"{os.path.basename(path)} is missing"
+        if (status.st_ino, status.st_mtime_ns, status.st_size) != identity:
+            return f"{os.path.basename(path)} was replaced while the hook loaded it"
     return None
 
 

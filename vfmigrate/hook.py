@@ -99,14 +99,15 @@ def main(argv, stdin, stdout, *, stderr=None, environ=None, config=None,
     if operation not in _OPERATIONS or not may_hold_vfs(xml):
         return 0
     from . import buildcheck
-    problem = buildcheck.mismatch()      # the files before the imports …
+    checked: dict = {}
+    problem = buildcheck.mismatch(seen=checked)      # the files before the imports …
     if problem is None:
         try:
             from .hookrun import HookCall
         except Exception as error:      # a module gone, or one of another build
             problem = f"cannot import it: {type(error).__name__}: {error}"
         else:
-            problem = buildcheck.mismatch()   # … and after: all of one build
+            problem = buildcheck.changed_since(checked)   # … and after: all of one build
     if problem is not None:
         if not may_restart:
             environ = dict(environ, **{buildcheck.REEXEC_ENV: "1"})

@@ -80,3 +80,25 @@ def test_a_guest_without_vfs_never_looks_at_the_package(host, tmp_path):
     result, seconds = run(host, hook, "prepare", plain_guest("web1"))
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     assert seconds < buildcheck.SETTLE_SECONDS
+
+
+def test_a_file_replaced_after_the_check_counts_even_with_the_same_content(tmp_path):
+    """After its imports the hook looks only at whether a file was replaced since the
+    check read it (dpkg and rpm rename new files over old ones): a replaced file fails
+    the check whatever it holds."""
+    package, _ = stamped_package(tmp_path)
+    script = ("import os, shutil, sys\n"
+              "sys.path.insert(0, os.path.dirname(sys.argv[1]))\n"
+              "from vfmigrate import buildcheck\n"
+              "seen = {}\n"
+              "print(buildcheck.mismatch(seen=seen), len(seen))\n"
+              "print(buildcheck.changed_since(seen))\n"
+              "path = os.path.join(sys.argv[1], 'ledger.py')\n"
+              "shutil.copy2(path, path + '.new')\n"
+              "os.replace(path + '.new', path)\n"
+              "print(buildcheck.changed_since(seen))\n")
+    result = subprocess.run([sys.executable, "-I", "-c", script, str(package)],
+                            capture_output=True, text=True, check=True)
+    files = len(list(package.glob("*.py"))) - 1   # all but _build.py
+    assert result.stdout.splitlines() == [
+        f"None {files}", "None", "ledger.py was replaced while the hook loaded it"]
