@@ -277,10 +277,10 @@ class AssistedMigration:
             checked = assisted.get((name, str(device.address)))
             if checked is None:
                 continue
-            stand_in = device.kind == "metadata"
+            stand_in = standins.is_stand_in(device)
             element = _find_element(root, device, stand_in)
             if element is None:
-                if stand_in:
+                if device.kind == "metadata":
                     continue   # a VF held outside the device list: nothing to unplug
                 raise MigrationAborted(domain=self.domain_name, rollback="nothing changed",
                                        reason=f"device {name} vanished from the guest")
@@ -302,7 +302,7 @@ class AssistedMigration:
                 entry = metadata.new_entry(vf)
                 entries.append(entry)
             entry.update({"network": vf.network, "address": str(vf.address),
-                          "device": vf.kind, "replug": "on-arrival"})
+                          "device": vf.kind, "replug": metadata.ON_ARRIVAL})
             if vf.vlan is not None:
                 entry["vlan"] = str(vf.vlan)
             if vf.guest_address is not None:
@@ -690,8 +690,10 @@ def _macs(xml: bytes) -> set[str]:
 
 
 def _find_element(root, device: domxml.VFDevice, stand_in: bool):
+    """The guest's element of ``device``: an interface (a stand-in's NIC too) by its MAC,
+    a hostdev by its PCI source.  None for any other VF held outside the device list."""
     devices = root.find("devices")
-    if devices is None:
+    if devices is None or (device.kind == "metadata" and not stand_in):
         return None
     for element in devices:
         mac = element.find("mac")

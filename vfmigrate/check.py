@@ -43,8 +43,16 @@ HOSTDEV_TEAMING = 7_001_000       # libvirt 7.1: <teaming> on <hostdev>
 QEMU_FAILOVER = 4_002_000         # QEMU 4.2: virtio-net failover
 
 
-class DeviceCheck(namedtuple("DeviceCheck", "name address network path reason")):
+class DeviceCheck(namedtuple("DeviceCheck", "name address network path reason stand_in",
+                             defaults=(False,))):
+    """``stand_in``: a testbed's stand-in for a VF (:mod:`vfmigrate.standins`), for
+    which the destination's free VFs are not counted; not reported."""
+
     __slots__ = ()
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "address": str(self.address), "network": self.network,
+                "path": self.path, "reason": self.reason}
 
 
 class NetworkCheck(namedtuple("NetworkCheck", "network needed free total pfs method "
@@ -87,8 +95,7 @@ class CheckReport:
     def as_dict(self) -> dict:
         return {"domain": self.domain, "destination": self.destination,
                 "can_migrate": self.path is not None, "path": self.path,
-                "devices": [device._asdict() | {"address": str(device.address)}
-                            for device in self.devices],
+                "devices": [device.as_dict() for device in self.devices],
                 "networks": [network._asdict() | {"enough": network.enough}
                              for network in self.networks],
                 "destination_libvirt": _version(self.destination_libvirt),
@@ -159,7 +166,7 @@ def _check_device(device: domxml.VFDevice, inventory: Inventory | None, config: 
         network = vf.network if vf else None
     if device.kind == "metadata":
         return DeviceCheck(name, device.address, network, "assisted",
-                           standins.describe(device))
+                           standins.describe(device), stand_in=standins.is_stand_in(device))
     included = bool({device.alias, device.mac, str(device.address)} & include_devices)
     pci_class = _pci_class(config, device.address)
     if pci_class is not None and not pci_class.startswith("0x02") and not included:
@@ -210,7 +217,7 @@ def _check_capacity(report: CheckReport, destination, config: Config | None,
     for device in report.devices:
         if device.path in ("teaming", "assisted") and device.network:
             needed[device.network] = needed.get(device.network, 0) + 1
-            if device.reason == standins.STAND_IN_DESCRIPTION:
+            if device.stand_in:
                 stand_ins.add(device.network)
     if not needed:
         return

@@ -18,11 +18,11 @@ A *VF device* is a PCI passthrough device with a host-side source address:
   Any other entry without a device is a label left behind by a device since
   unplugged: it holds nothing.
 
-Test-only entries (``device='stand-in'`` or ``'simulated'``) hold a VF only
-when the caller parses with ``allow_stand_ins=True`` (the host's
-``allow_stand_ins = yes``).  By default they are no device at all, claim
-nothing and are listed in :attr:`DomainXML.test_only`, so that a caller that
-must not ignore them (the migrate hook) can refuse the guest.
+Test-only entries (:mod:`vfmigrate.standins`) hold a VF only when the caller
+parses with ``allow_stand_ins=True`` (the host's ``allow_stand_ins = yes``).
+By default they are no device at all, claim nothing and are listed in
+:attr:`DomainXML.test_only`, so that a caller that must not ignore them (the
+migrate hook) can refuse the guest.
 
 A device travels only with a host address to rewrite: a teamed device whose
 ``<source>`` has no PCI ``<address>`` (which libvirt itself rejects) does not
@@ -53,9 +53,9 @@ from __future__ import annotations
 
 from xml.parsers import expat
 
-from . import METADATA_NAMESPACE, lexical, metadata, vfsettings
+from . import METADATA_NAMESPACE, lexical, metadata, standins, vfsettings
 from .config import is_network_label
-from .errors import BadDomainXML, Refused
+from .errors import BadDomainXML
 from .numa import UNPINNED, GuestPlacement
 from .pci import PciAddress
 from .records import record
@@ -71,20 +71,11 @@ _ALIAS_CHARACTERS = lexical.ASCII_ALNUM | frozenset("_-")
 _BRIDGE_CHARACTERS = lexical.ASCII_ALNUM | frozenset("_.-")
 _NS_VFS = METADATA_NAMESPACE + " vfs"
 
-# The format of vfmigrate's metadata and the replug protocol: vfmigrate.metadata.
+# The format of vfmigrate's metadata and the replug protocol: vfmigrate.metadata;
+# the testbed's device kinds: vfmigrate.standins.
 REPLUG_STATES = metadata.REPLUG_STATES
-DEVICE_TYPES = metadata.DEVICE_TYPES
+DEVICE_TYPES = metadata.DEVICE_TYPES + standins.TEST_ONLY_DEVICE_TYPES
 _NS_VF = METADATA_NAMESPACE + " vf"
-
-
-class TestOnlyVF(Refused):
-    """A guest with test-only VF entries on a host that does not allow them (exit 1)."""
-
-    msg_fmt = ("guest '{domain}' has {what} in vfmigrate's metadata, which only testbeds "
-               "use, and {config_path} has allow_stand_ins = no; remove the entry from "
-               "the guest's metadata, or set allow_stand_ins = yes on a testbed")
-
-    __test__ = False   # not a pytest class
 
 
 class Span(record("Span", "start end")):
@@ -160,7 +151,7 @@ class DomainXML:
         self.metadata_entries = metadata_entries or []   # validated attributes, in order
         self.metadata_spans = metadata_spans or []       # each entry's start tag, in order
         self.interface_macs = interface_macs or {}       # alias -> MAC of other interfaces
-        # Test-only entries (stand-in, simulated) not honoured: parsed without
+        # Test-only entries (vfmigrate.standins) not honoured: parsed without
         # allow_stand_ins.  They hold nothing; a migrate hook should refuse them.
         self.test_only = test_only or []
         # Where the guest runs (NUMA), as the XML's text: vfmigrate.numa reads it.
@@ -180,13 +171,14 @@ class DomainXML:
         return self.interface_macs.get(device.teaming_partner)
 
     def refuse_test_only(self, config_path: str) -> None:
-        """Raise TestOnlyVF if the guest has test-only entries this parse did not honour
-        (for the migrate/restore hook: the guest would arrive without a VF it expects)."""
+        """Raise :class:`vfmigrate.standins.TestOnlyVF` if the guest has test-only entries
+        this parse did not honour (for the migrate/restore hook: the guest would arrive
+        without a VF it expects)."""
         if self.test_only:
             what = ", ".join(f"a {entry.entry.get('device')} VF "
                              f"({entry.alias or entry.mac or entry.address or 'no name'})"
                              for entry in self.test_only)
-            raise TestOnlyVF(domain=self.name, what=what, config_path=config_path)
+            raise standins.TestOnlyVF(domain=self.name, what=what, config_path=config_path)
 
     @property
     def travelling_devices(self) -> list[VFDevice]:
@@ -201,8 +193,9 @@ class DomainXML:
             if device.metadata_tag is not None and (device.kind == "metadata"
                                                     or device.metadata_address is not None):
                 values = {"address": str(address)}
-                if device.replug == "on-arrival":
-                    values["replug"] = "pending"
+                replug = metadata.arrival_state(device.replug)
+                if replug != device.replug:
+                    values["replug"] = replug
                 edits.append((device.metadata_tag, values))
         out = bytearray(self.data)
         for span, values in sorted(edits, key=lambda edit: edit[0].start, reverse=True):
@@ -410,10 +403,12 @@ class _DomainParser:
                 # device since unplugged, which holds nothing.  Test-only kinds hold
                 # nothing on a host that does not allow them, even with replug: nothing
                 # could plug them in there.
-                test_only = metadata.is_test_only(entry.entry)
-                if test_only and not self.allow_stand_ins:
-                    self.test_only.append(entry)
-                elif entry.replug or test_only:
+                if standins.is_test_only(entry.entry):
+                    if self.allow_stand_ins:
+                        devices.append(entry)
+                    else:
+                        self.test_only.append(entry)
+                elif entry.replug:
                     devices.append(entry)
                 continue
             target.labelled = True

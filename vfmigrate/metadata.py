@@ -25,18 +25,18 @@ differ from a reset VF, as the listener last read them where the guest runs
 **Which device an entry describes** (:func:`device_of`): the device whose
 ``alias`` is the entry's alias; if no device has it (or the entry has none),
 the device whose MAC is the entry's MAC.  Where several entries describe one
-device, the last one counts (:func:`entry_of`).  An entry that describes no
-device holds a VF only while it travels (``replug``) or when a testbed
-simulates one (``device`` is a test-only kind).
+device, the last one counts (:func:`entry_of`).  The same rule finds a device
+again in another reading of the guest (:func:`counterpart`).  An entry that
+describes no device holds a VF only while it travels (``replug``) or when a
+testbed simulates one (``device`` is a test-only kind).
 
 **Replug protocol** (``replug``, :data:`REPLUG_STATES`): ``vfmigrate migrate``
-sets ``on-arrival`` on the source after unplugging the VF (with ``address``,
+sets :data:`ON_ARRIVAL` on the source after unplugging the VF (with ``address``,
 ``device``, ``guest-address`` to plug it back); the destination's hook sets
-``pending`` when it claims a VF for the entry; the destination's listener
-plugs the VF in and drops ``replug``.  ``device`` says how to plug it:
-:data:`DEVICE_TYPES` (``stand-in``: a virtio NIC standing in for a VF in the
-namespaced testbed, only with ``allow_stand_ins = yes``; ``simulated``: a
-testbed VF with no device at all, never plugged).
+:data:`PENDING` when it claims a VF for the entry (:func:`arrival_state`); the
+destination's listener plugs the VF in (:func:`is_pending`) and drops
+``replug``.  ``device`` says how to plug it: :data:`DEVICE_TYPES`, or one of
+the testbed's test-only kinds, which only :mod:`vfmigrate.standins` names.
 
 libvirt stores the element under the namespace with the prefix ``vfmigrate``
 (``virDomainSetMetadata``).
@@ -51,27 +51,50 @@ ENTRY_ATTRIBUTES = ("alias", "mac", "network", "vlan", "pf",
                     *vfsettings.ATTRIBUTES,
                     "address", "device", "guest-address", "bridge", "replug")
 MAX_PF_ORDINAL = 63
-REPLUG_STATES = ("on-arrival", "pending")
-DEVICE_TYPES = ("interface", "hostdev", "stand-in", "simulated")
-TEST_ONLY_DEVICE_TYPES = ("stand-in", "simulated")
+ON_ARRIVAL, PENDING = "on-arrival", "pending"
+REPLUG_STATES = (ON_ARRIVAL, PENDING)
+DEVICE_TYPES = ("interface", "hostdev")
 
 
-def is_test_only(entry: dict[str, str]) -> bool:
-    """An entry of a test-only ``device`` kind (:mod:`vfmigrate.standins`)."""
-    return entry.get("device") in TEST_ONLY_DEVICE_TYPES
+def arrival_state(replug: str | None) -> str | None:
+    """An entry's ``replug`` once the destination's hook has claimed a VF for it."""
+    return PENDING if replug == ON_ARRIVAL else replug
+
+
+def is_pending(entry: dict[str, str]) -> bool:
+    """Whether the entry's VF is claimed here and waits for the listener to plug it in."""
+    return entry.get("replug") == PENDING
+
+
+def may_have_pending(xml: bytes) -> bool:
+    """Whether a domain XML as libvirt writes it may have a pending entry, looked for
+    without parsing it: False means it has none."""
+    return any(f"replug={quote}{PENDING}{quote}".encode() in xml for quote in "\"'")
+
+
+def _named(alias: str | None, mac: str | None, devices: list) -> list:
+    """The devices with this alias; if none has it (or there is none), with this MAC."""
+    if alias:
+        found = [device for device in devices if device.alias == alias]
+        if found:
+            return found
+    if mac:
+        return [device for device in devices if device.mac == mac]
+    return []
 
 
 def device_of(entry: dict[str, str], devices: list) -> object | None:
     """The device (anything with ``alias`` and ``mac``) this entry describes, or None."""
-    alias = entry.get("alias")
-    if alias:
-        found = next((device for device in devices if device.alias == alias), None)
-        if found is not None:
-            return found
-    mac = (entry.get("mac") or "").lower()
-    if mac:
-        return next((device for device in devices if device.mac == mac), None)
-    return None
+    found = _named(entry.get("alias"), (entry.get("mac") or "").lower(), devices)
+    return found[0] if found else None
+
+
+def counterpart(device, devices: list) -> object | None:
+    """The one device of ``devices`` (another reading of the same guest: its saved
+    definition, say) that is ``device``, found as an entry finds its device (alias,
+    else MAC); None where there is none or more than one (never by position)."""
+    found = _named(device.alias, device.mac, devices)
+    return found[0] if len(found) == 1 else None
 
 
 def entry_of(device, entries: list[dict[str, str]], devices: list) -> dict[str, str] | None:

@@ -43,7 +43,7 @@ def device_xml(entry: dict[str, str], address: PciAddress, *, domain: str,
     source = f"<source><address type='pci' {source_attrs}/></source>"
     if kind == "hostdev":
         return f"<hostdev mode='subsystem' type='pci' managed='yes'>{source}{guest}</hostdev>"
-    if metadata.is_test_only(entry):
+    if standins.is_test_only(entry):
         return standins.plug_xml(entry, mac=mac, guest=guest, domain=domain,
                                  allow_stand_ins=allow_stand_ins)
     return f"<interface type='hostdev' managed='yes'>{mac}{source}{vlan}{guest}</interface>"
@@ -51,7 +51,8 @@ def device_xml(entry: dict[str, str], address: PciAddress, *, domain: str,
 
 def pending_vfs(parsed: domxml.DomainXML) -> list[domxml.VFDevice]:
     return [device for device in parsed.devices
-            if device.kind == "metadata" and device.replug == "pending" and device.address]
+            if device.kind == "metadata" and metadata.is_pending(device.entry)
+            and device.address]
 
 
 def _already_plugged(device: domxml.VFDevice, live_xml: bytes, parsed: domxml.DomainXML) -> bool:

@@ -286,3 +286,29 @@ def test_cpu_pins_on_a_destination_without_cells_are_unknown_not_a_refusal(host,
     assert (code, report["networks"][0]["near"]) == (10, None)
     assert any("whether its VFs sit on the guest's node is unknown" in note
                for note in report["notes"])
+
+
+def test_only_a_stand_ins_network_goes_uncounted_and_the_report_is_unchanged(host, tmp_path):
+    """A stand-in (a virtio NIC of the testbed) needs no VF there: its network's free VFs
+    are not counted.  A simulated VF's are.  Whether a device is a stand-in is not
+    reported: the devices keep the fields they had."""
+    from vfmigrate import METADATA_NAMESPACE
+    host.write_config(allow_stand_ins="yes")
+    path = tmp_path / "source.xml"
+    path.write_text(f"<node><domain type='test'><name>vfguest</name><memory>65536</memory>"
+                    f"<metadata><v:vfs xmlns:v='{METADATA_NAMESPACE}'>"
+                    f"<v:vf mac='52:54:00:00:00:0a' network='physnet1' "
+                    f"address='{host.physnet1_vfs[7]}' device='stand-in' bridge='br0'/>"
+                    f"<v:vf mac='52:54:00:00:00:0b' network='physnet2' "
+                    f"address='{host.physnet2_vfs[0]}' device='simulated'/></v:vfs></metadata>"
+                    f"<os><type>hvm</type></os><devices/></domain></node>")
+    code, report = check(host, f"test://{path}", destination_host(tmp_path))
+    assert code == 10
+    assert [list(dev) for dev in report["devices"]] == \
+        [["name", "address", "network", "path", "reason"]] * 2
+    assert [(dev["network"], dev["reason"]) for dev in report["devices"]] == [
+        ("physnet1", "stand-in for a VF (testbed)"),
+        ("physnet2", "VF held outside the device list")]
+    methods = {network["network"]: network["method"] for network in report["networks"]}
+    assert methods == {"physnet1": "stand-in VFs are simulated: not counted",
+                       "physnet2": "no PF there is named as in this host's config"}

@@ -66,3 +66,48 @@ def test_the_parser_and_the_writers_tie_entries_to_devices_alike():
     relabelled = domxml.parse(with_vfs_element(
         base, *(" ".join(f"{k}='{v}'" for k, v in entry.items()) for entry in labelled)))
     assert [d.network for d in relabelled.devices] == ["physnet1", "physnet1"]
+
+
+def test_the_hook_turns_on_arrival_into_pending_and_nothing_else():
+    assert metadata.arrival_state(metadata.ON_ARRIVAL) == metadata.PENDING
+    assert [metadata.arrival_state(state) for state in (None, metadata.PENDING)] == \
+        [None, metadata.PENDING]
+    assert metadata.REPLUG_STATES == ("on-arrival", "pending")
+
+
+def test_pending_entries_are_found_parsed_and_unparsed():
+    assert metadata.is_pending({"mac": "52:54:00:00:00:01", "replug": "pending"})
+    assert not metadata.is_pending({"replug": "on-arrival"})
+    assert not metadata.is_pending({})
+    vf = "0000:3b:01.1"
+    xml = with_vfs_element(teaming_guest("g", []), f"mac='52:54:00:00:00:01' address='{vf}' "
+                                                   "network='physnet1' replug='on-arrival'")
+    assert not metadata.may_have_pending(xml)
+    [device] = domxml.parse(xml).devices
+    arrived = domxml.parse(xml).rewrite([(device, device.address)])
+    assert metadata.may_have_pending(arrived)
+    assert metadata.may_have_pending(arrived.replace(b"'pending'", b'"pending"'))
+    [entry] = domxml.parse(arrived).metadata_entries
+    assert metadata.is_pending(entry)
+
+
+class Seen:
+    """A device as another reading of the guest has it."""
+
+    def __init__(self, alias: str | None, mac: str | None) -> None:
+        self.alias, self.mac = alias, mac
+
+
+def test_a_device_is_found_again_by_alias_else_mac_and_never_guessed():
+    live = [Seen("hostdev0", "52:54:00:00:00:01"), Seen("ua-vf1", "52:54:00:00:00:02"),
+            Seen("hostdev2", "52:54:00:00:00:03"), Seen("hostdev3", "52:54:00:00:00:03")]
+    assert metadata.counterpart(Seen(None, "52:54:00:00:00:01"), live) is live[0]
+    assert metadata.counterpart(Seen("ua-vf1", None), live) is live[1]
+    # alias first, as an entry finds its device: the MAC is asked only if no alias matches
+    assert metadata.counterpart(Seen("ua-vf1", "52:54:00:00:00:01"), live) is live[1]
+    assert metadata.device_of({"alias": "ua-vf1", "mac": "52:54:00:00:00:01"}, live) is live[1]
+    assert metadata.counterpart(Seen("ua-gone", "52:54:00:00:00:02"), live) is live[1]
+    # two devices answer: none is taken
+    assert metadata.counterpart(Seen(None, "52:54:00:00:00:03"), live) is None
+    assert metadata.counterpart(Seen(None, None), live) is None
+    assert metadata.counterpart(Seen("ua-gone", "52:54:00:00:00:09"), live) is None

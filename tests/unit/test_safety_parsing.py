@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from vfmigrate import METADATA_NAMESPACE, domxml
+from vfmigrate import METADATA_NAMESPACE, domxml, standins
 from vfmigrate.running import running_guests
 
 from .domains import guest_uuid, plain_guest, teaming_guest
@@ -321,7 +321,7 @@ def test_refusing_test_only_entries_is_one_line_exit_1():
     """What the migrate hook raises for them (``DomainXML.refuse_test_only``)."""
     from vfmigrate.errors import exit_code_for
     parsed = domxml.parse(simulated_only_guest(1))
-    with pytest.raises(domxml.TestOnlyVF) as refused:
+    with pytest.raises(standins.TestOnlyVF) as refused:
         parsed.refuse_test_only("/etc/vfmigrate/vfmigrate.conf")
     assert exit_code_for(refused.value) == 1
     assert str(refused.value) == (
