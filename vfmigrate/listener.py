@@ -32,7 +32,9 @@ udev add/remove (PCI/net) VF counts refreshed; a claimed VF that vanished is
 
 At start and after every reconnect the whole host is reconciled
 (:mod:`vfmigrate.reconcile`); READY=1 is sent once the callbacks are
-registered and that first reconcile is done.
+registered and that first reconcile is done.  What the listener sets on a
+guest's VFs, and when it records their settings again, is
+:mod:`vfmigrate.vfpolicy`.
 
 Never harm a running guest: the listener releases a claim, resets a VF or
 rewrites a definition only on positive evidence: libvirt reports the guest
@@ -49,8 +51,8 @@ Absence of evidence is not evidence:
   only for the devices vfmigrate moved: a travelling device of the live XML,
   matched by MAC or alias (never by position), on a VF this guest holds a
   claim for here.  The check is recorded in the saved definition's metadata
-  (:data:`SAVED_NAMESPACE`, this host's UUID), so a later ``virsh edit`` of
-  the admin stays as it is;
+  (:data:`vfmigrate.arrival.SAVED_NAMESPACE`, this host's UUID), so a later
+  ``virsh edit`` of the admin stays as it is (:mod:`vfmigrate.arrival`);
 * every step for one guest is fenced: a failure is logged for that guest and
   the other guests, the ledger and the status go on.
 
@@ -71,13 +73,15 @@ unplug completes only after the command gave up is plugged back when its
 DEVICE_REMOVED arrives, instead of being released and reset.  A guest whose
 command still runs is looked at every second.
 
-Threads (set up in :mod:`vfmigrate.supervision`), as in libvirt-python's
-``examples/event-test.py``: libvirt's default event loop runs on a daemon
-thread named ``libvirt-event-loop``; pyudev's observer and the netlink link
-watch on their own.  Callbacks
-only put work on a queue; the main
-thread does the work, one item at a time, so no callback ever blocks libvirt
-and the ledger is used from one thread.
+Threads and supervision: :class:`Listener` is what decides, on the
+connection, queue and main loop of :class:`vfmigrate.supervision.Supervisor`.
+As in libvirt-python's ``examples/event-test.py``, libvirt's default event
+loop runs on a daemon thread named ``libvirt-event-loop``; pyudev's observer
+and the netlink link watch on their own.  Callbacks only put work on a queue;
+the main thread does the work, one item at a time, so no callback ever blocks
+libvirt and the ledger is used from one thread.  A failure handling an item is
+logged as a sentence (``guest web1: handling its lifecycle event failed: ...``)
+and the loop goes on.
 
 Lost connection (libvirtd restarted or stopped): the listener reconnects
 with bounded exponential backoff (1 s doubling to 30 s), keeps pinging the
@@ -90,14 +94,13 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import TextIO
 
-from . import METADATA_NAMESPACE, __version__, assisted, domxml, metadata, replug
+from . import METADATA_NAMESPACE, arrival, assisted, domxml, metadata, replug, vfpolicy
 from .config import Config
 from .errors import BadDomainXML, LibvirtFailure, VfmigrateError
 from .events import Event
@@ -106,239 +109,64 @@ from .ledger import Ledger
 from .logs import event
 from .ownership import Change
 from .reconcile import Reconciler, vf_resetter
-from .supervision import (ConnectionClosed, DeviceChanged, JobCompleted, Lifecycle,
-                          LinkChanged, Notifier, Reconcile, RemovalFailed, UdevEvent, Watch,
-                          link_watch, pyudev_watch, start_libvirt_event_loop, what_work)
+from .supervision import (DeviceChanged, JobCompleted, Lifecycle, LinkChanged, Notifier,
+                          Reconcile, RemovalFailed, Supervisor, UdevEvent, Watch, link_watch,
+                          pyudev_watch)
 from .vfnetlink import VFSettingError
 from . import vfsettings
-from .virt import LibvirtHost, import_libvirt, silence_libvirt_stderr
 
 
 log = logging.getLogger("vfmigrate.listener")
 
-BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
-KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3
 PRUNE_AFTER = 30 * 86400   # released, reset claims are kept this long as history
-# The saved definition's own record: which host checked its VFs after an arrival.
-SAVED_NAMESPACE = METADATA_NAMESPACE + "/saved-definition"
-SAVED_PREFIX = "vfmigrate-saved"
 
-class Listener:
+
+class Listener(Supervisor):
+    """What the listener decides, on the connection and events its :class:`Supervisor` keeps.
+
+    A subclass rather than a collaborator: every step works on the connection the
+    supervisor reopens (``self.host``) and tells a guest's failure from a lost
+    connection by asking it (``_alive()``).
+    """
+
     def __init__(self, config: Config, *, uri: str | None = None, ledger: Ledger | None = None,
                  opener: Callable[[str], object] | None = None, libvirt_module=None,
                  udev_watch: Callable | None = pyudev_watch,
                  netlink_watch: Callable | None = link_watch, notifier: Notifier | None = None,
                  vf_netlink=None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__(uri=uri or config.libvirt_uri, libvirt_module=libvirt_module,
+                         opener=opener, libvirt_run_dir=config.libvirt_run_dir,
+                         udev_watch=udev_watch,
+                         netlink_watch=netlink_watch if config.vf_reset != "none" else None,
+                         notifier=notifier, clock=clock, sleep=sleep)
         self.config = config
-        self.uri = uri or config.libvirt_uri
-        self.ledger = ledger   # opened in run(): SQLite wants the thread that uses it
-        self.libvirt = libvirt_module or import_libvirt()
-        self.opener = opener or self.libvirt.open
-        self.udev_watch = udev_watch
-        self.netlink_watch = netlink_watch if config.vf_reset != "none" else None
-        self.stop_netlink: Callable[[], None] | None = None
-        self.links_pending: set[str] = set()   # netdevs queued as LinkChanged, not yet handled
-        self.notifier = notifier or Notifier()
-        self.clock = clock
-        self.sleep = sleep
+        self.ledger = ledger   # opened in prepare(): SQLite wants the thread that uses it
         self.vf_netlink = vf_netlink or vf_resetter(config)
         self.reconciler: Reconciler | None = None
-        self.work: queue.Queue = queue.Queue()
-        self.host: LibvirtHost | None = None
-        self.callback_ids: list[int] = []
-        self.stopping = False
-        self.stop_udev: Callable[[], None] | None = None
-        self.events_handled = 0
-        self.last_watchdog = 0.0
         self.reconciled = False   # the first whole-host reconcile is done
         self.unreadable: dict[str, str] = {}   # uuid -> why its XML was rejected (warned)
         self.status_problem: str | None = None
         self.host_uuid: str | None = None
         self.incoming: dict[str, str] = {}   # uuid -> name: migrating in, not yet arrived
-        self.last_incoming_check = 0.0
         self.leased: dict[str, str] = {}   # uuid -> name: a live vfmigrate migrate owns it
 
-    # -- libvirt callbacks (event-loop thread): enqueue only ----------------
+    # -- what the Supervisor asks --------------------------------------------------
 
-    def _on_lifecycle(self, conn, dom, kind, detail, opaque) -> None:
-        self.work.put(Lifecycle(dom.UUIDString(), dom.name(), kind, detail))
-
-    def _on_device_removed(self, conn, dom, alias, opaque) -> None:
-        self.work.put(DeviceChanged(dom.UUIDString(), dom.name(), alias, "removed"))
-
-    def _on_device_added(self, conn, dom, alias, opaque) -> None:
-        self.work.put(DeviceChanged(dom.UUIDString(), dom.name(), alias, "added"))
-
-    def _on_device_removal_failed(self, conn, dom, alias, opaque) -> None:
-        self.work.put(RemovalFailed(dom.UUIDString(), dom.name(), alias))
-
-    def _on_job_completed(self, conn, dom, params, opaque) -> None:
-        self.work.put(JobCompleted(dom.UUIDString(), dom.name(), dict(params)))
-
-    def _on_close(self, conn, reason, opaque) -> None:
-        self.work.put(ConnectionClosed(reason))
-
-    def _on_udev(self, action: str, subsystem: str, sys_name: str) -> None:
-        self.work.put(UdevEvent(action, subsystem, sys_name))
-
-    def _on_link(self, ifname: str) -> None:
-        if ifname not in self.links_pending:   # a burst of changes is looked at once
-            self.links_pending.add(ifname)
-            self.work.put(LinkChanged(ifname))
-
-    # -- connection ----------------------------------------------------------
-
-    def _connect(self) -> None:
-        """Open the connection and register every callback; backoff until it works."""
-        delay = BACKOFF_FIRST
-        while not self.stopping:
-            try:
-                connection = self.opener(self.uri)
-                self.host = LibvirtHost(connection, self.libvirt,
-                                        status_dir=self.config.libvirt_run_dir)
-                self._register(connection)
-                event(log, Event.LISTENER, "connected to %s, %d callbacks registered",
-                      self.uri, len(self.callback_ids))
-                return
-            except self.libvirt.libvirtError as error:
-                self._disconnect()
-                self.notifier.notify(f"STATUS=waiting for libvirt at {self.uri}: "
-                                     f"{error.get_error_message()}")
-                log.warning("cannot connect to %s (%s); retrying in %.0f s", self.uri,
-                            error.get_error_message(), delay)
-            self._wait(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
-
-    def _register(self, connection) -> None:
-        libvirt = self.libvirt
-        connection.registerCloseCallback(self._on_close, None)
-        try:
-            connection.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-        except libvirt.libvirtError as error:
-            if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
-                raise
-            log.debug("%s has no keepalive (a local driver)", self.uri)
-        for event_id, callback in (
-                (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
-                (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_removed),
-                (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._on_device_added),
-                (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
-                 self._on_device_removal_failed),
-                (libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on_job_completed)):
-            self.callback_ids.append(
-                connection.domainEventRegisterAny(None, event_id, callback, None))
-
-    def _disconnect(self) -> None:
-        if self.host is None:
-            return
-        connection = self.host.connection
-        for callback_id in self.callback_ids:
-            try:
-                connection.domainEventDeregisterAny(callback_id)
-            except self.libvirt.libvirtError:
-                pass
-        self.callback_ids = []
-        try:
-            connection.unregisterCloseCallback()
-        except self.libvirt.libvirtError:
-            pass
-        self.host.close()
-        self.host = None
-
-    def _wait(self, seconds: float) -> None:
-        deadline = self.clock() + seconds
-        while not self.stopping and self.clock() < deadline:
-            self._ping_watchdog()
-            self.sleep(min(0.5, max(0.0, deadline - self.clock())))
-
-    def _ping_watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval
-        if interval is not None and self.clock() - self.last_watchdog >= interval:
-            self.notifier.notify("WATCHDOG=1")
-            self.last_watchdog = self.clock()
-
-    # -- main loop -------------------------------------------------------------
-
-    def request_stop(self, *args) -> None:
-        self.stopping = True
-
-    def run(self) -> int:
+    def prepare(self) -> None:
         if self.ledger is None:
             self.ledger = Ledger.of(self.config, self.clock)
         self.reconciler = Reconciler(self.config, self.ledger, vf_netlink=self.vf_netlink,
                                      clock=self.clock)
-        silence_libvirt_stderr(self.libvirt)
-        start_libvirt_event_loop(self.libvirt)
-        if self.udev_watch is not None:
-            self.stop_udev = self.udev_watch(self._on_udev)
-        if self.netlink_watch is not None:
-            try:
-                self.stop_netlink = self.netlink_watch(self._on_link)
-            except Exception as error:   # no pyroute2, or no netlink socket allowed
-                log.warning("cannot watch netlink for VF setting changes (%s); VF settings "
-                            "are recorded only when guests start or arrive", error)
-        self._connect()
-        self.work.put(Reconcile("start"))
-        ready = False
-        while not self.stopping:
-            self._ping_watchdog()
-            if (self.incoming or self.leased) \
-                    and self.clock() - self.last_incoming_check >= 1.0:
-                self.last_incoming_check = self.clock()
-                self._handle_fenced(Watch(), count=False)
-            try:
-                item = self.work.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            self._handle_fenced(item)
-            if self.reconciled and not ready:
-                self.notifier.notify("READY=1")
-                event(log, Event.LISTENER, "vfmigrate %s is ready: claims reconciled with %s",
-                      __version__, self.uri)
-                ready = True
-            try:
-                self._update_status()
-            except Exception:   # never let the status end the listener
-                log.exception("status not updated")
-        self.notifier.notify("STOPPING=1")
-        self._disconnect()
-        if self.stop_udev is not None:
-            self.stop_udev()
-        if self.stop_netlink is not None:
-            self.stop_netlink()
-        event(log, Event.LISTENER, "listener stopped after %d events", self.events_handled)
-        return 0
 
-    def _handle_fenced(self, item: tuple, count: bool = True) -> None:
-        """Handle one work item; no failure may end the listener."""
-        try:
-            self.handle(item)
-            self.events_handled += count
-        except LibvirtFailure as error:
-            log.error("%s: %s", what_work(item), error)
-            if self.host is not None and not self._alive():
-                self._reconnect("libvirt connection lost")
-        except VfmigrateError as error:
-            log.error("%s: %s", what_work(item), error)
-        except Exception:
-            log.exception("unexpected error handling %r", item)
+    def ready(self) -> bool:
+        return self.reconciled
 
-    def _alive(self) -> bool:
-        try:
-            return self.host.connection.isAlive() == 1
-        except self.libvirt.libvirtError:
-            return False
+    def watching(self) -> bool:
+        return bool(self.incoming or self.leased)
 
-    def _reconnect(self, why: str) -> None:
-        event(log, Event.LISTENER, "%s; reconnecting to %s", why, self.uri,
-              level=logging.WARNING)
-        self._disconnect()
-        self._connect()
-        self.work.put(Reconcile("reconnect"))
-
-    def _update_status(self) -> None:
-        """STATUS= for systemd; fenced: a ledger it cannot read is said, never fatal."""
+    def status(self) -> str:
+        """Claims and pending resets; a ledger it cannot read is said, never fatal."""
         try:
             claims = self.ledger.live_claims()
             pending = len({claim.vf for claim in self.ledger.pending_resets()})
@@ -347,13 +175,11 @@ class Listener:
             if problem != self.status_problem:
                 log.error("status not updated: the ledger cannot be read (%s)", problem)
                 self.status_problem = problem
-            self.notifier.notify(f"STATUS=connected to {self.uri}; ledger unreadable: {problem}")
-            return
+            return f"ledger unreadable: {problem}"
         self.status_problem = None
         incoming = sum(1 for claim in claims if claim.state == "incoming")
-        self.notifier.notify(f"STATUS=connected to {self.uri}; claims: {incoming} incoming, "
-                             f"{len(claims) - incoming} active; {pending} resets pending; "
-                             f"{self.events_handled} events handled")
+        return (f"claims: {incoming} incoming, {len(claims) - incoming} active; "
+                f"{pending} resets pending; {self.events_handled} events handled")
 
     # -- work ------------------------------------------------------------------
 
@@ -370,12 +196,9 @@ class Listener:
                   item.alias, level=logging.WARNING, domain=item.name, alias=item.alias)
         elif isinstance(item, JobCompleted):
             self._job_completed(*item)
-        elif isinstance(item, ConnectionClosed):
-            self._reconnect(f"libvirt closed the connection (reason {item.reason})")
         elif isinstance(item, UdevEvent):
             self._udev(*item)
         elif isinstance(item, LinkChanged):
-            self.links_pending.discard(item.ifname)
             self.record_settings_on(item.ifname)
         elif isinstance(item, Watch):
             self._check_incoming()
@@ -473,11 +296,9 @@ class Listener:
         for correction in corrections:
             level = logging.ERROR if correction.event in (Event.CONFLICT, Event.VANISHED) \
                 or correction.detail.startswith("reset failed") else logging.INFO
-            guest = f"guest {correction.domain_name}" if correction.domain_name else "no guest"
-            event(log, correction.event, "%s: VF %s (network %s) of %s: %s", context,
-                  correction.vf, correction.network or "-", guest, correction.detail,
-                  level=level, domain=correction.domain_name, vf=correction.vf,
-                  network=correction.network)
+            event(log, correction.event, "%s: %s: %s", context, correction.subject(),
+                  correction.detail, level=level, domain=correction.domain_name,
+                  vf=correction.vf, network=correction.network)
 
     # -- one guest at a time, fenced ---------------------------------------------
 
@@ -554,10 +375,11 @@ class Listener:
                       exc_info=not isinstance(error, VfmigrateError))
         self._log_corrections(self._known(corrections), f"reconcile after {context}")
         for guest in readable:
-            if guest.persistent and self._arrived_unchecked(guest.uuid):
+            if guest.persistent and arrival.arrived_unchecked(self.host, guest.uuid,
+                                                              self._this_host):
                 self._for_guest(guest.uuid, guest.name, "fixing its saved definition",
                                 self.fix_persistent_definition)
-            if b'replug="pending"' in guest.xml or b"replug='pending'" in guest.xml:
+            if metadata.may_have_pending(guest.xml):
                 self._for_guest(guest.uuid, guest.name, "plugging in its pending VFs",
                                 self.plug_pending_vfs)
         try:
@@ -651,63 +473,6 @@ class Listener:
                   labels, domain=guest.name)
         return changed
 
-    def record_settings_on(self, ifname: str) -> None:
-        """A netdev changed: if it is a PF's, record the VF settings of each running
-        guest that holds one of its VFs (except while it migrates: its metadata is
-        locked by the migration and travels as it is)."""
-        inventory = Inventory.of(self.config)
-        pfs = {pf for network in self.config.networks for pf in inventory.pfs_of_network(network)
-               if ifname in inventory.details(pf).netdevs}
-        if not pfs:
-            return
-        for guest in self.host.active_guests():
-            try:
-                parsed = self._parse(guest.xml)
-            except BadDomainXML:
-                continue   # warned about by reconcile
-            holds = any(vf is not None and vf.pf in pfs
-                        for vf in (inventory.find_vf(device.address)
-                                   for device in parsed.devices if device.address is not None))
-            if not holds:
-                continue
-            if self.host.migration_job_running(guest.uuid):
-                log.info("guest %s migrates: its VF settings on %s are not recorded again",
-                         guest.name, ifname)
-                continue
-            self._for_guest(guest.uuid, guest.name, "recording its VF settings",
-                            self.label_guest)
-
-    def apply_vlan_priority(self, uuid: str) -> None:
-        """Give an arriving guest's VFs the VLAN priority recorded on the source.
-
-        libvirt sets the VLAN tag of an ``<interface type='hostdev'>`` (the listener
-        that of a teamed ``<hostdev>``) with priority 0, so the priority comes after.
-        """
-        guest, devices = self._devices_on_vfs(uuid, b"vlan-", lambda parsed, device:
-                                              vfsettings.recorded(device.entry or {},
-                                                                  vfsettings.APPLIED_AFTER_VLAN))
-        for device, vf, wanted in devices:
-            unapplied = []
-            if wanted.get("vlan-proto", "802.1Q") != "802.1Q":
-                unapplied.append(f"VLAN protocol {wanted['vlan-proto']} (vfmigrate sets "
-                                 "802.1Q only)")
-            qos = int(wanted.get("vlan-qos", "0"))
-            try:
-                if qos and self.vf_netlink.set_vlan_priority(vf, device.vlan or 0, qos):
-                    event(log, Event.CONFIGURED, "guest %s: VF %s (PF %s vf %d) has the "
-                          "source's VLAN priority %d on VLAN %d", guest.name, vf.address, vf.pf,
-                          vf.index, qos, device.vlan or 0, domain=guest.name, vf=vf.address,
-                          network=vf.network)
-                elif qos:
-                    unapplied.append(f"VLAN priority {qos} (vf_reset = none leaves it to the "
-                                     "admin)")
-            except VFSettingError as error:
-                unapplied.append(f"VLAN priority {qos} ({error.fields['problem']})")
-            for what in unapplied:
-                event(log, Event.UNAPPLIED, "guest %s arrived, but VF %s did not get the "
-                      "source's %s", guest.name, vf.address, what, level=logging.WARNING,
-                      domain=guest.name, vf=vf.address, network=vf.network)
-
     def arrived(self, uuid: str, name: str) -> None:
         """A migration finished here: activate, fix the saved definition, label."""
         from .claims import Claims
@@ -723,44 +488,6 @@ class Listener:
             self._for_guest(uuid, name, what, step)
         self.reconcile_guest(uuid, "arrived")
 
-    def configure_teamed_hostdevs(self, uuid: str) -> None:
-        """Give each teamed ``<hostdev>`` VF its virtio partner's MAC, on its PF.
-
-        libvirt sets the MAC of an ``<interface type='hostdev'>`` itself, not of a
-        plain ``<hostdev>`` (since 7.1 teamable): QEMU failover needs it equal to
-        the virtio NIC's, and on a destination the VF is a different one.
-        """
-        guest, devices = self._devices_on_vfs(uuid, b"hostdev", lambda parsed, device:
-                                              parsed.teaming_mac(device)
-                                              if device.kind == "hostdev" else None)
-        for device, vf, mac in devices:
-            if self.vf_netlink.set_mac(vf, mac, device.vlan):
-                event(log, Event.CONFIGURED, "guest %s: VF %s (PF %s vf %d) MAC %s%s for its "
-                      "teamed hostdev", guest.name, vf.address, vf.pf, vf.index, mac,
-                      f", VLAN {device.vlan}" if device.vlan is not None else "",
-                      domain=guest.name, vf=vf.address, network=vf.network)
-            else:
-                log.warning("guest %s: teamed hostdev VF %s needs MAC %s, which vf_reset = none "
-                            "leaves to the admin", guest.name, vf.address, mac)
-
-    def _devices_on_vfs(self, uuid: str, marker: bytes, wanted_of: Callable
-                        ) -> tuple[object, list[tuple[domxml.VFDevice, object, object]]]:
-        """The running guest (if its XML has ``marker``) and, for each of its devices on a
-        VF of this host for which ``wanted_of(parsed, device)`` is something, (device, VF,
-        that something)."""
-        guest = self.host.guest(uuid)
-        if guest is None or marker not in guest.xml:
-            return guest, []
-        parsed = self._parse(guest.xml)
-        inventory = Inventory.of(self.config)
-        found = []
-        for device in parsed.devices:
-            wanted = wanted_of(parsed, device)
-            vf = inventory.find_vf(device.address) if wanted and device.address else None
-            if vf is not None:
-                found.append((device, vf, wanted))
-        return guest, found
-
     def plug_pending_vfs(self, uuid: str) -> None:
         """Plug in the VFs a guest arrived without (``vfmigrate migrate``)."""
         for plugged in replug.plug_pending(self.host, uuid,
@@ -772,56 +499,35 @@ class Listener:
                   level=logging.INFO if plugged.ok else logging.ERROR, domain=name,
                   vf=plugged.address)
 
+    # -- VF settings (vfpolicy) and saved definitions (arrival), on this connection --
+
+    def record_settings_on(self, ifname: str) -> None:
+        """A netdev changed: record again the VF settings of the guests holding VFs of
+        its PF (see :func:`vfpolicy.guests_to_record_again`)."""
+        for guest in vfpolicy.guests_to_record_again(self.host, self.config, ifname):
+            self._for_guest(guest.uuid, guest.name, "recording its VF settings",
+                            self.label_guest)
+
+    def configure_teamed_hostdevs(self, uuid: str) -> None:
+        """See :func:`vfpolicy.configure_teamed_hostdevs`."""
+        vfpolicy.configure_teamed_hostdevs(self.host, uuid, config=self.config,
+                                           vf_netlink=self.vf_netlink)
+
+    def apply_vlan_priority(self, uuid: str) -> None:
+        """See :func:`vfpolicy.apply_vlan_priority`."""
+        vfpolicy.apply_vlan_priority(self.host, uuid, config=self.config,
+                                     vf_netlink=self.vf_netlink)
+
+    def fix_persistent_definition(self, uuid: str) -> bool:
+        """See :func:`arrival.fix_persistent_definition`."""
+        return arrival.fix_persistent_definition(self.host, uuid, ledger=self.ledger,
+                                                 config=self.config, this_host=self._this_host)
+
     def _this_host(self) -> str:
         """This host's UUID as libvirt reports it (its hostname if it has none)."""
         if self.host_uuid is None:
             self.host_uuid = self.host.host_uuid()
         return self.host_uuid
-
-    def _arrived_unchecked(self, uuid: str) -> bool:
-        """Positive evidence of an arrival whose saved definition was not yet checked
-        here: libvirt says the guest runs (or is paused) after an incoming migration,
-        and its saved definition carries no record of this host."""
-        if not self.host.arrived_by_migration(uuid):
-            return False
-        saved = self.host.guest(uuid, inactive=True)
-        return saved is not None and _checked_on(saved.xml) != self._this_host()
-
-    def fix_persistent_definition(self, uuid: str) -> bool:
-        """After an arrival, make the saved definition name the VFs vfmigrate moved.
-
-        libvirt passes only the live XML through the hook, so after ``migrate
-        --persistent`` the saved definition still names the source's VFs.  Only the
-        devices the hook moved are rewritten: a travelling device of the live XML
-        (teamed or in vfmigrate's metadata) on a VF this guest holds a claim for here,
-        matched to its saved device by MAC or alias alone; every other byte stays.
-        The saved definition then records that this host checked it.
-        """
-        live = self.host.guest(uuid)
-        if live is None or not live.persistent:
-            return False
-        saved = self.host.guest(uuid, inactive=True)
-        if saved is None:
-            return False
-        live_doc, saved_doc = self._parse(live.xml), self._parse(saved.xml)
-        claimed = {claim.vf for claim in self.ledger.claims_of(uuid)}
-        pairs, targets = [], set()
-        for device in saved_doc.devices:
-            match = _moved_counterpart(device, live_doc.travelling_devices)
-            if match is None or match.address is None or match.address not in claimed \
-                    or match.address == device.address or id(match) in targets:
-                continue
-            targets.add(id(match))
-            pairs.append((device, match.address))
-        if pairs:
-            self.host.define(saved_doc.rewrite(pairs))
-            for device, address in pairs:
-                event(log, Event.CORRECTED, "guest %s: saved definition now names VF %s for "
-                      "%s (was %s), as the migration moved it", live.name, address,
-                      device.describe(), device.address, domain=live.name, vf=address)
-        self.host.set_metadata(uuid, f"<checked host={metadata.quoteattr(self._this_host())}/>",
-                               SAVED_NAMESPACE, SAVED_PREFIX, live=False, config=True)
-        return bool(pairs)
 
 
 def _label(entry: dict[str, str]) -> str:
@@ -829,33 +535,6 @@ def _label(entry: dict[str, str]) -> str:
     text = f"{entry.get('mac') or entry.get('alias')} is in network {entry['network']}"
     settings = vfsettings.recorded(entry)
     return f"{text} with {vfsettings.describe(settings)}" if settings else text
-
-
-def _checked_on(saved_xml: bytes) -> str | None:
-    """The host whose listener last checked this saved definition after an arrival."""
-    import xml.etree.ElementTree as ElementTree
-    try:
-        root = ElementTree.fromstring(saved_xml)
-    except ElementTree.ParseError:
-        return None
-    checked = root.find(f"metadata/{{{SAVED_NAMESPACE}}}checked")
-    return checked.get("host") if checked is not None else None
-
-
-def _moved_counterpart(device: domxml.VFDevice,
-                       travelling: list[domxml.VFDevice]) -> domxml.VFDevice | None:
-    """The one travelling live device that is this saved device, by MAC else alias;
-    None if there is none or more than one (never by position)."""
-    for key in ("mac", "alias"):
-        value = getattr(device, key)
-        if not value:
-            continue
-        found = [d for d in travelling if d.kind == device.kind and getattr(d, key) == value]
-        if len(found) == 1:
-            return found[0]
-        if found:
-            return None
-    return None
 
 
 def main(argv: list[str], stdout: TextIO, stderr: TextIO, *,

@@ -60,6 +60,16 @@ class Change(record("Change", "event vf domain_name domain_uuid network detail c
         return cls(event, claim.vf, claim.domain_name, claim.domain_uuid, claim.network,
                    detail, claim)
 
+    def subject(self) -> str:
+        """What it is about, in words: "VF … of network …, guest …"."""
+        parts = []
+        if self.vf != "-":
+            parts.append(f"VF {self.vf}" + (f" of network {self.network}" if self.network
+                                             else ""))
+        if self.domain_name:
+            parts.append(f"guest {self.domain_name}")
+        return ", ".join(parts) or "the ledger"
+
     def line(self) -> str:
         """One line for a listing (``vfmigrate reconcile``)."""
         subject = " ".join(part for part in (
