@@ -51,10 +51,39 @@ import os
 import stat
 import time
 
+
+
+def _import_sqlite():
+    """The ``_sqlite3`` C module: the sqlite3 package is it plus datetime adapters the
+    ledger does not use, which would pull datetime and collections onto the hook's path.
+
+    Python >= 3.11's ``_sqlite3`` fetches ``functools.lru_cache`` as it loads, for its
+    cache of prepared statements, and functools imports collections: ~2.5 ms of a hook
+    call that libvirt waits for, six calls per migration.  Where functools is not loaded
+    yet, ``_sqlite3`` loads beside a functools whose ``lru_cache`` caches nothing (a
+    process prepares the ledger's few statements anew, microseconds each), which is
+    then forgotten: whoever imports functools later gets the real one.
+    """
+    import sys
+    if "functools" in sys.modules:
+        import _sqlite3
+        return _sqlite3
+    functools = type(sys)("functools")
+    functools.lru_cache = lambda maxsize=128, typed=False: (lambda function: function)
+    sys.modules["functools"] = functools
+    try:
+        import _sqlite3
+    except Exception:   # a _sqlite3 that wants more of functools: the plain import
+        sys.modules.pop("_sqlite3", None)
+        del sys.modules["functools"]
+        import _sqlite3
+    else:
+        del sys.modules["functools"]
+    return _sqlite3
+
+
 try:
-    # The sqlite3 package is this C module plus datetime adapters the ledger does not
-    # use; importing it pulls in datetime and collections on the hook's path.
-    import _sqlite3 as sqlite3
+    sqlite3 = _import_sqlite()
 except ImportError:   # not CPython
     import sqlite3
 

@@ -139,8 +139,31 @@ def test_the_hooks_vf_path_imports_nothing_heavy(host):
     loaded = set(result.stdout.decode().split())
     assert "vfmigrate.claims" in loaded
     heavy = {"re", "enum", "sqlite3", "datetime", "contextlib", "fnmatch", "json", "logging",
-             "typing", "pathlib", "dataclasses", "numbers", "xml.etree", "libvirt"}
+             "typing", "pathlib", "dataclasses", "numbers", "xml.etree", "libvirt",
+             "functools", "collections"}
     assert loaded & heavy == set()
+
+
+def test_the_ledger_loads_sqlite_without_functools_and_leaves_the_real_one(tmp_path):
+    """_sqlite3 loads beside a functools that caches nothing (vfmigrate.ledger); the
+    ledger works through it, and a later import of functools gets the real module."""
+    script = (f"import sys\nsys.path.insert(0, {str(PACKAGE_PARENT)!r})\n"
+              "from vfmigrate.ledger import ACTIVE, Ledger\n"
+              "assert 'functools' not in sys.modules and 'collections' not in sys.modules\n"
+              f"with Ledger({str(tmp_path / 'ledger.sqlite3')!r}) as ledger:\n"
+              "    for index in range(3):\n"
+              "        with ledger.transaction():\n"
+              "            ledger.add(vf=f'0000:3b:02.{index}', network='physnet1',\n"
+              "                       domain_uuid=f'uuid-{index}', domain_name=f'g{index}',\n"
+              "                       state=ACTIVE, reason='test')\n"
+              "    print(len(ledger.live_claims()))\n"
+              "import functools\n"
+              "print(functools.partial.__module__, functools.lru_cache(maxsize=2)(abs)(-3))\n")
+    # -S as the installed hook runs: no site module, which may load functools itself
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["3", "functools 3"]
 
 
 # -- what running guests hold, and the cache of it ----------------------------
