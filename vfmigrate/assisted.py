@@ -270,7 +270,6 @@ class AssistedMigration:
         assisted = {(device.name, str(device.address)): device for device in check.devices
                     if device.path == "assisted"}
         parsed = self._parse(live_xml)
-        root = ElementTree.fromstring(live_xml)
         moving = []
         for device in parsed.devices:
             name = device.alias or device.mac or str(device.address)
@@ -278,19 +277,18 @@ class AssistedMigration:
             if checked is None:
                 continue
             stand_in = standins.is_stand_in(device)
-            element = _find_element(root, device, stand_in)
-            if element is None:
-                if device.kind == "metadata":
-                    continue   # a VF held outside the device list: nothing to unplug
-                raise MigrationAborted(domain=self.domain_name, rollback="nothing changed",
-                                       reason=f"device {name} vanished from the guest")
+            text = _element_text(parsed, device, stand_in)
+            if text is None:
+                continue   # a VF held outside the device list: nothing to unplug
+            # domxml chose the element; ElementTree only reads and copies its text
+            element = ElementTree.fromstring(text)
             guest_address = _guest_address(element)
             moving.append(MovingVF(
                 name=name, alias=_alias(element), mac=device.mac, address=device.address,
                 network=checked.network, vlan=device.vlan, guest_address=guest_address,
                 kind=standins.STAND_IN if stand_in else device.kind,
                 bridge=device.entry.get("bridge") if stand_in else None,
-                element=_attachable(element)))
+                element=_attachable(text)))
         return moving
 
     def _entries_for(self, entries: list[dict[str, str]],
@@ -364,18 +362,19 @@ class AssistedMigration:
                                        reason=f"the guest refused to unplug {vf.name}")
             if self.removed[vf.alias].wait(0.2):
                 return
-        if vf.alias not in (_alias(e) for e in self._device_elements(uuid)):
+        if vf.alias not in self._device_aliases(uuid):
             return   # gone, the event was missed
         raise MigrationAborted(domain=self.domain_name, rollback="",
                                reason=f"the guest did not unplug {vf.name} within "
                                       f"{self.options.unplug_timeout:g} s (it still holds it; "
                                       "its unplug request stays pending in the guest)")
 
-    def _device_elements(self, uuid: str) -> list:
+    def _device_aliases(self, uuid: str) -> set[str]:
+        """The aliases of the guest's devices now (none once it is gone)."""
         guest = self.source.guest(uuid)
         if guest is None:
-            return []
-        return list(ElementTree.fromstring(guest.xml).find("devices") or [])
+            return set()
+        return self._parse(guest.xml).device_aliases
 
     # -- migrate ----------------------------------------------------------------
 
@@ -466,7 +465,7 @@ class AssistedMigration:
                    original_entries: list[dict[str, str]], persistent: bool,
                    lease: "Lease | None" = None) -> str:
         problems = []
-        present = {_alias(element) for element in self._device_elements(uuid)}
+        present = self._device_aliases(uuid)
         asked = self.requested or unplugged
         # Asked to unplug and still in the guest: its unplug may complete later.
         late = [vf for vf in asked if vf not in unplugged and vf.alias in present]
@@ -647,6 +646,8 @@ def recover_interrupted(host, uuid: str, *, proc_root: Path = Path("/proc")
         return None
     if lease.owner_alive(proc_root) or host.migration_job_running(uuid):
         return Recovery(guest.name, "owned", [], True)
+    # Read with ElementTree, not domxml: this last resort must plug a dead command's VFs
+    # back even into a guest whose XML has since become one that domxml refuses.
     present = {_alias(element) for element in
                list(ElementTree.fromstring(guest.xml).find("devices") or [])}
     macs = _macs(guest.xml)
@@ -685,27 +686,20 @@ def recover_interrupted(host, uuid: str, *, proc_root: Path = Path("/proc")
 
 
 def _macs(xml: bytes) -> set[str]:
+    """Every MAC the XML names (read leniently, for :func:`recover_interrupted`)."""
     root = ElementTree.fromstring(xml)
     return {mac.get("address", "").lower() for mac in root.iter("mac")}
 
 
-def _find_element(root, device: domxml.VFDevice, stand_in: bool):
-    """The guest's element of ``device``: an interface (a stand-in's NIC too) by its MAC,
-    a hostdev by its PCI source.  None for any other VF held outside the device list."""
-    devices = root.find("devices")
-    if devices is None or (device.kind == "metadata" and not stand_in):
-        return None
-    for element in devices:
-        mac = element.find("mac")
-        mac = mac.get("address", "").lower() if mac is not None else None
-        if stand_in or device.kind == "interface":
-            if element.tag == "interface" and mac and mac == device.mac:
-                return element
-        elif element.tag == "hostdev":
-            source = element.find("source/address")
-            if source is not None and _pci(source) == device.address:
-                return element
-    return None
+def _element_text(parsed: domxml.DomainXML, device: domxml.VFDevice,
+                  stand_in: bool) -> bytes | None:
+    """The text of the guest's element for ``device``: its own; for a stand-in, its NIC,
+    found by its MAC alone (:func:`vfmigrate.standins.plug_xml` plugs in a NIC with the
+    entry's MAC, never its alias).  None for any other VF held outside the device list,
+    and for a stand-in whose NIC is not in the guest."""
+    if stand_in:
+        return parsed.interface_element(device.mac) if device.mac else None
+    return parsed.element(device)
 
 
 def _pci(element) -> PciAddress | None:
@@ -728,11 +722,12 @@ def _guest_address(element) -> PciAddress | None:
     return _pci(address)
 
 
-def _attachable(element) -> str:
-    """The device XML to plug it back in: libvirt's own aliases dropped."""
-    copy = ElementTree.fromstring(ElementTree.tostring(element))
-    alias = copy.find("alias")
+def _attachable(text: bytes) -> str:
+    """The device XML to plug it back in: its element's text, libvirt's own alias
+    dropped."""
+    element = ElementTree.fromstring(text)
+    alias = element.find("alias")
     if alias is not None and not alias.get("name", "").startswith("ua-"):
-        copy.remove(alias)
-    return ElementTree.tostring(copy, encoding="unicode")
+        element.remove(alias)
+    return ElementTree.tostring(element, encoding="unicode")
 

@@ -47,6 +47,11 @@ left alone.
 ``<source><address>`` tags (and the ``address`` of metadata entries): it
 splices bytes, so every other byte of the document, namespace prefixes and
 quoting included, comes out identical.
+
+The byte range of each device's element is recorded as well:
+:meth:`DomainXML.element` and :meth:`DomainXML.interface_element` hand its text,
+byte for byte, to a caller that copies or unplugs it (``vfmigrate migrate``)
+instead of finding the element itself.
 """
 
 from __future__ import annotations
@@ -79,7 +84,8 @@ _NS_VF = METADATA_NAMESPACE + " vf"
 
 
 class Span(record("Span", "start end")):
-    """Byte range of a start tag, ``<`` to ``>`` inclusive."""
+    """Byte range of a start tag (``<`` to ``>`` inclusive) or of a whole element (its
+    start tag to its end tag)."""
 
     __slots__ = ()
 
@@ -89,7 +95,7 @@ class VFDevice:
 
     __slots__ = ("kind", "alias", "mac", "address", "teaming", "network", "vlan", "replug",
                  "labelled", "address_tag", "metadata_tag", "metadata_address", "entry",
-                 "teaming_partner", "managed")
+                 "teaming_partner", "managed", "element")
 
     def __init__(self, kind: str, *, labelled: bool = False,
                  metadata_tag: Span | None = None) -> None:
@@ -109,6 +115,7 @@ class VFDevice:
         self.entry: dict[str, str] = {}   # its metadata entry's attributes, if any
         # managed='yes': libvirt binds the VF to vfio-pci itself; libvirt's default is no
         self.managed: bool | None = None
+        self.element: Span | None = None   # its element in <devices>; none for metadata-only
 
     @property
     def rides_along(self) -> bool:
@@ -134,7 +141,8 @@ class VFDevice:
 
 
 class DomainXML:
-    """A parsed domain: identity, VF devices, and every PCI source it names."""
+    """A parsed domain: identity, VF devices, every PCI source it names, and where its
+    device elements are."""
 
     def __init__(self, data: bytes, uuid: str, name: str, devices: list[VFDevice],
                  pci_sources: list[PciAddress],
@@ -142,7 +150,9 @@ class DomainXML:
                  metadata_spans: list[Span] | None = None,
                  interface_macs: dict[str, str] | None = None,
                  test_only: list[VFDevice] | None = None,
-                 placement: GuestPlacement = UNPINNED) -> None:
+                 placement: GuestPlacement = UNPINNED,
+                 interface_elements: dict[str, Span] | None = None,
+                 device_aliases: set[str] | None = None) -> None:
         self.data = data
         self.uuid = uuid
         self.name = name
@@ -151,6 +161,10 @@ class DomainXML:
         self.metadata_entries = metadata_entries or []   # validated attributes, in order
         self.metadata_spans = metadata_spans or []       # each entry's start tag, in order
         self.interface_macs = interface_macs or {}       # alias -> MAC of other interfaces
+        # MAC -> the first <interface> with it, any type (a VF's, a stand-in's NIC)
+        self.interface_elements = interface_elements or {}
+        # The alias of every element in <devices> that has one, whatever its kind.
+        self.device_aliases = device_aliases or set()
         # Test-only entries (vfmigrate.standins) not honoured: parsed without
         # allow_stand_ins.  They hold nothing; a migrate hook should refuse them.
         self.test_only = test_only or []
@@ -169,6 +183,19 @@ class DomainXML:
         if device.teaming_partner is None:
             return None
         return self.interface_macs.get(device.teaming_partner)
+
+    def element(self, device: VFDevice) -> bytes | None:
+        """The text of ``device``'s element in ``<devices>`` (``<interface>`` or
+        ``<hostdev>``), byte for byte; None for a metadata-only VF, which has none."""
+        if device.element is None:
+            return None
+        return self.data[device.element.start:device.element.end]
+
+    def interface_element(self, mac: str) -> bytes | None:
+        """The text of the first ``<interface>`` (of any type) with this MAC (lower
+        case), byte for byte; None if the guest has none."""
+        span = self.interface_elements.get(mac)
+        return self.data[span.start:span.end] if span is not None else None
 
     def refuse_test_only(self, config_path: str) -> None:
         """Raise :class:`vfmigrate.standins.TestOnlyVF` if the guest has test-only entries
@@ -246,7 +273,10 @@ class _DomainParser:
         self.fields: dict[str, list[str]] = {"uuid": [], "name": []}
         self.text_target: list[str] | None = None
         self.device: VFDevice | None = None
+        self.device_start = 0
         self.device_counts = False
+        self.device_aliases: set[str] = set()
+        self.interface_elements: dict[str, Span] = {}
         self.devices: list[VFDevice] = []
         self.entries: list[VFDevice] = []
         self.entry_attributes: list[dict[str, str]] = []
@@ -276,7 +306,9 @@ class _DomainParser:
                          metadata_spans=[entry.metadata_tag for entry in self.entries],
                          interface_macs=self.interface_macs, test_only=self.test_only,
                          placement=GuestPlacement(self.memory_nodeset, self.vcpu_cpuset,
-                                                  tuple(self.vcpupins)))
+                                                  tuple(self.vcpupins)),
+                         interface_elements=self.interface_elements,
+                         device_aliases=self.device_aliases)
 
     # -- expat callbacks ------------------------------------------------------
 
@@ -302,8 +334,11 @@ class _DomainParser:
             self.vcpupins.append(attrs["cpuset"])
         elif depth == 2 and path[0] == "devices":
             self._start_device(tag, attrs)
-        elif depth > 2 and path[0] == "devices" and self.device is not None:
-            self._device_child(path[2:], attrs)
+        elif depth > 2 and path[0] == "devices":
+            if depth == 3 and tag == "alias" and "name" in attrs:
+                self.device_aliases.add(attrs["name"])
+            if self.device is not None:
+                self._device_child(path[2:], attrs)
         elif depth == 2 and path[0] == "metadata" and tag == _NS_VFS:
             self.vfs_elements += 1
         elif depth == 3 and path[0] == "metadata" and path[1] == _NS_VFS and tag == _NS_VF \
@@ -315,10 +350,15 @@ class _DomainParser:
         self.stack.pop()
         self.text_target = None
         if self.domain_depth is not None and len(self.stack) == self.domain_depth + 1:
-            if self.device is not None and self.device_counts:
-                self.devices.append(self.device)
-            elif self.device is not None and self.device.alias and self.device.mac:
-                self.interface_macs[self.device.alias] = self.device.mac
+            device = self.device
+            if device is not None:
+                device.element = Span(self.device_start, self._element_end(tag))
+                if device.kind == "interface" and device.mac:
+                    self.interface_elements.setdefault(device.mac, device.element)
+                if self.device_counts:
+                    self.devices.append(device)
+                elif device.alias and device.mac:
+                    self.interface_macs[device.alias] = device.mac
             self.device = None
 
     def text(self, data: str) -> None:
@@ -338,6 +378,15 @@ class _DomainParser:
         start = self.parser.CurrentByteIndex
         return Span(start, _end_of_start_tag(self.data, start))
 
+    def _element_end(self, tag: str) -> int:
+        """Index just past the device element that ends now: past its end tag, where
+        expat stands (in ``<devices>``, no other end tag of its name can stand there), or
+        past its start tag if it is an empty-element tag."""
+        index = self.parser.CurrentByteIndex
+        if self.data.startswith(b"</" + tag.encode(), index):
+            return self.data.index(b">", index) + 1
+        return _end_of_start_tag(self.data, self.device_start)
+
     def _start_device(self, tag: str, attrs: dict[str, str]) -> None:
         kind = attrs.get("type")
         if tag == "interface":
@@ -351,6 +400,8 @@ class _DomainParser:
             self.device = VFDevice(kind="hostdev")
             self.device_counts = True
             self.device.managed = attrs.get("managed") == "yes"
+        if self.device is not None:
+            self.device_start = self.parser.CurrentByteIndex
 
     def _device_child(self, path: list[str], attrs: dict[str, str]) -> None:
         device = self.device

@@ -55,9 +55,9 @@ def pending_vfs(parsed: domxml.DomainXML) -> list[domxml.VFDevice]:
             and device.address]
 
 
-def _already_plugged(device: domxml.VFDevice, live_xml: bytes, parsed: domxml.DomainXML) -> bool:
+def _already_plugged(device: domxml.VFDevice, parsed: domxml.DomainXML) -> bool:
     if standins.is_stand_in(device):
-        return standins.plugged(device, live_xml)
+        return standins.plugged(device, parsed)
     return device.address in parsed.pci_sources
 
 
@@ -73,7 +73,7 @@ def plug_pending(host, uuid: str, *, allow_stand_ins: bool) -> list[Plugged]:
     results = []
     done_tags = set()
     for device in pending:
-        if _already_plugged(device, guest.xml, parsed):
+        if _already_plugged(device, parsed):
             results.append(Plugged(device.mac, device.address, device.entry.get("device"),
                                    "already plugged", True))
             done_tags.add(device.metadata_tag)

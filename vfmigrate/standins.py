@@ -70,7 +70,8 @@ def plug_xml(entry: dict[str, str], *, mac: str, guest: str, domain: str,
             f"<model type='virtio'/>{guest}</interface>")
 
 
-def plugged(device, live_xml: bytes) -> bool:
-    """Whether a stand-in's NIC is in the guest.  Found by its MAC alone: the NIC
+def plugged(device, live) -> bool:
+    """Whether a stand-in's NIC is in the guest (``live``: its parsed live XML, a
+    :class:`vfmigrate.domxml.DomainXML`).  Found by its MAC alone: the NIC
     :func:`plug_xml` plugs in has the entry's MAC and never its alias."""
-    return device.mac is not None and f"<mac address='{device.mac}'/>".encode() in live_xml
+    return device.mac is not None and live.interface_element(device.mac) is not None

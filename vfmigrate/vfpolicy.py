@@ -63,7 +63,7 @@ def apply_vlan_priority(host: LibvirtHost, uuid: str, *, config: Config, vf_netl
     libvirt sets the VLAN tag of an ``<interface type='hostdev'>`` (the listener
     that of a teamed ``<hostdev>``) with priority 0, so the priority comes after.
     """
-    guest, devices = _devices_on_vfs(host, uuid, config, b"vlan-", lambda parsed, device:
+    guest, devices = _devices_on_vfs(host, uuid, config, lambda parsed, device:
                                      vfsettings.recorded(device.entry or {},
                                                          vfsettings.APPLIED_AFTER_VLAN))
     for device, vf, wanted in devices:
@@ -97,7 +97,7 @@ def configure_teamed_hostdevs(host: LibvirtHost, uuid: str, *, config: Config,
     plain ``<hostdev>`` (since 7.1 teamable): QEMU failover needs it equal to
     the virtio NIC's, and on a destination the VF is a different one.
     """
-    guest, devices = _devices_on_vfs(host, uuid, config, b"hostdev", lambda parsed, device:
+    guest, devices = _devices_on_vfs(host, uuid, config, lambda parsed, device:
                                      parsed.teaming_mac(device)
                                      if device.kind == "hostdev" else None)
     for device, vf, mac in devices:
@@ -111,14 +111,12 @@ def configure_teamed_hostdevs(host: LibvirtHost, uuid: str, *, config: Config,
                         "leaves to the admin", guest.name, vf.address, mac)
 
 
-def _devices_on_vfs(host: LibvirtHost, uuid: str, config: Config, marker: bytes,
-                    wanted_of: Callable
+def _devices_on_vfs(host: LibvirtHost, uuid: str, config: Config, wanted_of: Callable
                     ) -> tuple[Guest | None, list[tuple[domxml.VFDevice, object, object]]]:
-    """The running guest (if its XML has ``marker``) and, for each of its devices on a
-    VF of this host for which ``wanted_of(parsed, device)`` is something, (device, VF,
-    that something)."""
+    """The running guest and, for each of its devices on a VF of this host for which
+    ``wanted_of(parsed, device)`` is something, (device, VF, that something)."""
     guest = host.guest(uuid)
-    if guest is None or marker not in guest.xml:
+    if guest is None:
         return guest, []
     parsed = domxml.parse(guest.xml, allow_stand_ins=config.allow_stand_ins)
     inventory = Inventory.of(config)

@@ -54,3 +54,20 @@ def test_a_stand_in_moves_as_a_stand_in_and_a_simulated_vf_has_nothing_to_unplug
         ("52:54:00:00:02:02", "simulated", None),
         ("52:54:00:00:01:01", "interface", metadata.ON_ARRIVAL)]
     assert entries[2]["address"] == "0000:3b:01.1"
+
+
+def test_a_vf_moves_as_its_own_element_though_a_nic_before_it_has_its_mac():
+    """domxml says which element is the device: not the first interface with its MAC."""
+    virtio = (b"<interface type='bridge'><mac address='52:54:00:00:01:01'/>"
+              b"<source bridge='br0'/><model type='virtio'/><alias name='net0'/></interface>")
+    xml = LIVE.replace(b"<devices>\n", b"<devices>\n    " + virtio + b"\n", 1)
+    migration = AssistedMigration(None, "qemu+ssh://b/system", "g", config=None,
+                                  options=Options(), open_destination=lambda uri: None)
+    [vf] = domxml.parse(xml).devices
+    check = CheckReport("g", "qemu+ssh://b/system", devices=[
+        DeviceCheck(vf.alias, vf.address, "physnet1", "assisted", "")])
+    [moving] = migration._vfs_to_move(xml, check)
+    assert (moving.alias, str(moving.guest_address)) == ("hostdev0", "0000:07:00.0")
+    # the device XML to plug it back: its own element, libvirt's alias dropped
+    assert moving.element.startswith('<interface type="hostdev" managed="yes">')
+    assert "52:54:00:00:01:01" in moving.element and "<alias" not in moving.element
