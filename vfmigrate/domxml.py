@@ -56,7 +56,7 @@ instead of finding the element itself.
 
 from __future__ import annotations
 
-from xml.parsers import expat
+import pyexpat as expat   # xml.parsers.expat is this module behind two package imports
 
 from . import METADATA_NAMESPACE, lexical, metadata, standins, vfsettings
 from .config import is_network_label

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import time
-from xml.parsers import expat
+import pyexpat as expat   # xml.parsers.expat is this module behind two package imports
 
 from . import METADATA_NAMESPACE, domxml, lexical
 from .errors import BadDomainXML
