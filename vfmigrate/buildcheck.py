@@ -36,12 +36,17 @@ def mismatch(package_dir: str | None = None, seen: dict | None = None) -> str | 
     package_dir = package_dir or os.path.dirname(os.path.abspath(__file__))
     for name, crc in _build.FILES.items():
         path = os.path.join(package_dir, name)
-        try:
-            with open(path, "rb") as source:
-                data = source.read()
-                status = os.fstat(source.fileno())
+        try:   # os.open and os.read: no file object to build, on the hook's path
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return f"{name} is missing"
+        try:
+            status = os.fstat(descriptor)
+            data = os.read(descriptor, status.st_size + 1)
+        except OSError:
+            return f"{name} cannot be read"
+        finally:
+            os.close(descriptor)
         if zlib.crc32(data) != crc:
             return f"{name} is not the one of vfmigrate {_build.VERSION}"
         if seen is not None:
