@@ -60,16 +60,31 @@ def _import_sqlite():
     Python >= 3.11's ``_sqlite3`` fetches ``functools.lru_cache`` as it loads, for its
     cache of prepared statements, and functools imports collections: ~2.5 ms of a hook
     call that libvirt waits for, six calls per migration.  Where functools is not loaded
-    yet, ``_sqlite3`` loads beside a functools whose ``lru_cache`` caches nothing (a
-    process prepares the ledger's few statements anew, microseconds each), which is
-    then forgotten: whoever imports functools later gets the real one.
+    yet, ``_sqlite3`` loads beside a functools whose ``lru_cache`` is a plain dictionary
+    emptied when full (the ledger has a handful of statements), which is then
+    forgotten: whoever imports functools later gets the real one.
     """
     import sys
     if "functools" in sys.modules:
         import _sqlite3
         return _sqlite3
+
+    def lru_cache(maxsize=128, typed=False):
+        def decorate(function):
+            cache: dict = {}
+
+            def cached(*key):
+                value = cache.get(key)
+                if value is None:
+                    if len(cache) >= max(maxsize or 0, 1):
+                        cache.clear()
+                    value = cache[key] = function(*key)
+                return value
+            return cached
+        return decorate
+
     functools = type(sys)("functools")
-    functools.lru_cache = lambda maxsize=128, typed=False: (lambda function: function)
+    functools.lru_cache = lru_cache
     sys.modules["functools"] = functools
     try:
         import _sqlite3
