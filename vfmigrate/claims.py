@@ -1,12 +1,12 @@
 """Claim decisions: which local VF a guest gets, and when a claim ends.
 
-Shared by the hook (which may not call libvirt) and the listener/CLI.  Every
-method runs its reads and writes in one ledger transaction, so a decision is
-all-or-nothing and concurrent hook processes cannot pick the same VF.
-
-Each method returns what it changed as :class:`Change` records; the caller
-logs them only after the transaction committed, so the journal never tells of
-a claim that was rolled back.
+Shared by the hook (which may not call libvirt) and the listener/CLI.  Each
+decision reads a :class:`~vfmigrate.ownership.Snapshot` of the host and returns
+what it decides as :class:`~vfmigrate.ownership.Change` records, which
+:func:`vfmigrate.ownership.apply` writes in the transaction that read the
+snapshot: a decision is all-or-nothing and concurrent hook processes cannot
+pick the same VF.  The caller logs the changes only after the transaction
+committed, so the journal never tells of a claim that was rolled back.
 
 Who holds a VF, which claim is stale and what stands in a guest's way is
 decided by :mod:`vfmigrate.ownership`, the rule reconcile follows too.  VFs under
@@ -23,10 +23,11 @@ from .domxml import DomainXML, VFDevice
 from .errors import (BadDomainXML, NoFreeVF, Refused, UnknownNetwork, UnlabelledDevice,
                      VFTaken, VfmigrateError, counted, vf_counts)
 from .inventory import VF, Inventory
-from .ledger import ACTIVE, INCOMING, RELEASED, Claim, Ledger
+from .ledger import ACTIVE, INCOMING, Claim, Ledger
 from .numa import BadCpuset, nodes_phrase
 from .events import Event, EventKind
-from .ownership import Change, Snapshot, reset_phrase
+from .ownership import (ACTIVATE, END_RESET, RELEASE, Change, Snapshot, apply,
+                        reset_phrase)
 from .pci import PciAddress
 from .records import record
 from .running import RunningGuest, running_guests
@@ -74,8 +75,8 @@ VFIO_DRIVER = "vfio-pci"
 _ARRIVAL = {"migrate": "migration", "restore": "restore"}
 
 
-class Assignment(record("Assignment", "device vf claim")):
-    """The local VF given to one travelling VFDevice, and its claim."""
+class Assignment(record("Assignment", "device vf")):
+    """The local VF given to one travelling VFDevice."""
 
     __slots__ = ()
 
@@ -136,13 +137,13 @@ class Claims:
         raise UnlabelledDevice(device=device.describe(), domain=domain.name,
                                count=len(networks), configured=", ".join(sorted(networks)))
 
-    def _release(self, snapshot: Snapshot, claims: list[Claim], reason: str,
+    @staticmethod
+    def _release(snapshot: Snapshot, claims: list[Claim], reason: str,
                  event: EventKind, detail: str) -> list[Change]:
         """Release ``claims``, which then hold no VF in ``snapshot``."""
         for claim in claims:
             del snapshot.claim_of[claim.vf]
-        return [Change.of(event, claim, detail)
-                for claim in self.ledger.set_state(claims, RELEASED, reason)]
+        return [Change.of(event, claim, detail, RELEASE, reason) for claim in claims]
 
     def _expire(self, snapshot: Snapshot) -> list[Change]:
         """Release the incoming claims whose guest never arrived.  (An active claim whose
@@ -165,12 +166,15 @@ class Claims:
             if vf is not None:
                 yield device, vf
 
-    def _claim_active(self, snapshot: Snapshot, domain: DomainXML, vf: VF, reason: str
-                      ) -> Claim:
-        claim = self.ledger.add(vf=vf.address, network=vf.network, domain_uuid=domain.uuid,
-                                domain_name=domain.name, state=ACTIVE, reason=reason)
-        snapshot.claim_of[vf.address] = claim
-        return claim
+    @staticmethod
+    def _claim_active(snapshot: Snapshot, domain: DomainXML, vf: VF, event: EventKind,
+                      detail: str, reason: str) -> Change:
+        """A new active claim on ``vf`` for the guest, which then holds it in ``snapshot``."""
+        snapshot.claim_of[vf.address] = Claim(None, vf.address, vf.network, domain.uuid,
+                                              domain.name, ACTIVE, snapshot.now,
+                                              snapshot.now, reason)
+        return Change.add(event, vf.address, vf.network, domain.uuid, domain.name, ACTIVE,
+                          detail, reason)
 
     # -- decisions ----------------------------------------------------------
 
@@ -252,71 +256,75 @@ class Claims:
         assignments: list[Assignment] = []
         with self.ledger.transaction():
             snapshot = Snapshot.of(self.config, self.ledger, self.running, self.clock)
-            earlier = [claim for claim in snapshot.claim_of.values()
-                       if claim.domain_uuid == domain.uuid]
-            changes = self._release(snapshot, earlier, f"superseded by a new {operation}",
-                                    Event.RELEASED, f"released: this {_ARRIVAL[operation]} "
-                                                    "replaces the guest's earlier "
-                                                    "reservation of it")
-            changes += self._expire(snapshot)
-            taken = snapshot.taken_from(domain.uuid)
-            nodes = self._guest_nodes(domain)
-            cursors: dict[str, Iterator[VF]] = {}
-            # PFs taken here by each (network, pf ordinal) of the guest's metadata
-            spread: dict[tuple[str, str], set[PciAddress]] = {}
-            for device in domain.travelling_devices:
-                network = self.network_for(device, domain)
-                group = device.entry.get("pf")
-                avoid = set().union(*(pfs for (net, other), pfs in spread.items()
-                                      if net == network and other != group)) \
-                    if group is not None else set()
-                choice = self._keep_address(device, network, taken, nodes, avoid)
-                apart = True
-                if choice is None and (device.managed is False or avoid):
-                    # Its own pass: VFs it skips stay for the devices after it.
-                    def usable(vf: VF, device: VFDevice = device) -> bool:
-                        return vf.address not in taken and self._usable(vf, device)
-                    choice, apart = self._choose_apart(network, nodes, avoid, usable)
-                    if choice is None and avoid and \
-                            self._choose_apart(network, nodes, set(), usable)[0] is not None:
-                        raise NoPFSpread(domain=domain.name, network=network,
-                                         device=device.describe(' on the source'),
-                                         pfs=", ".join(sorted(map(str, avoid))))
-                    if choice is None and device.managed is False:
-                        raise NoVfioVF(network=network, device=device.describe(),
-                                       domain=domain.name)
-                if choice is None:
-                    cursor = cursors.setdefault(network, self._candidates(network, nodes))
-                    choice = next((vf for vf in cursor if vf.address not in taken
-                                   and self.inventory.present(vf)), None)
-                if choice is None:
-                    if self._affinity(network, nodes) == "required":
-                        near = list(self._candidates(network, nodes))
-                        own, unavailable = _unavailable(near, taken, assignments)
-                        raise NoVFOnGuestNodes(network=network, domain=domain.name,
-                                               nodes=nodes, total=len(near), own=own,
-                                               unavailable=unavailable)
-                    vfs = self.inventory.vfs_of_network(network)
-                    own, unavailable = _unavailable(vfs, taken, assignments)
-                    raise NoFreeVF(network=network, total=len(vfs), unavailable=unavailable,
-                                   own=own, absent=len(vfs) - unavailable - own)
-                claim = self.ledger.add(vf=choice.address, network=network,
-                                        domain_uuid=domain.uuid, domain_name=domain.name,
-                                        state=INCOMING,
-                                        reason=f"{operation}: for {device.describe()}")
-                taken.add(choice.address)
-                if group is not None:
-                    spread.setdefault((network, group), set()).add(choice.pf)
-                assignments.append(Assignment(device, choice, claim))
-                changes.append(Change.of(Event.RESERVED, claim,
-                                      f"reserved for its {device.describe(' on the source')}"))
-                if not apart:
-                    changes.append(Change.of(
-                        Event.SPREAD, claim,
-                        f"shares PF {choice.pf} with another of its VFs, which sat on "
-                        "another PF on the source: no other PF of the network has a free "
-                        "VF here (pf_spread = preferred)"))
-        return assignments, changes
+            changes = self._reserve(snapshot, domain, operation, assignments)
+            return assignments, apply(self.ledger, changes)
+
+    def _reserve(self, snapshot: Snapshot, domain: DomainXML, operation: str,
+                 assignments: list[Assignment]) -> list[Change]:
+        """reserve_incoming's decision over ``snapshot``; fills ``assignments``."""
+        earlier = [claim for claim in snapshot.claim_of.values()
+                   if claim.domain_uuid == domain.uuid]
+        changes = self._release(snapshot, earlier, f"superseded by a new {operation}",
+                                Event.RELEASED, f"released: this {_ARRIVAL[operation]} "
+                                                "replaces the guest's earlier "
+                                                "reservation of it")
+        changes += self._expire(snapshot)
+        taken = snapshot.taken_from(domain.uuid)
+        nodes = self._guest_nodes(domain)
+        cursors: dict[str, Iterator[VF]] = {}
+        # PFs taken here by each (network, pf ordinal) of the guest's metadata
+        spread: dict[tuple[str, str], set[PciAddress]] = {}
+        for device in domain.travelling_devices:
+            network = self.network_for(device, domain)
+            group = device.entry.get("pf")
+            avoid = set().union(*(pfs for (net, other), pfs in spread.items()
+                                  if net == network and other != group)) \
+                if group is not None else set()
+            choice = self._keep_address(device, network, taken, nodes, avoid)
+            apart = True
+            if choice is None and (device.managed is False or avoid):
+                # Its own pass: VFs it skips stay for the devices after it.
+                def usable(vf: VF, device: VFDevice = device) -> bool:
+                    return vf.address not in taken and self._usable(vf, device)
+                choice, apart = self._choose_apart(network, nodes, avoid, usable)
+                if choice is None and avoid and \
+                        self._choose_apart(network, nodes, set(), usable)[0] is not None:
+                    raise NoPFSpread(domain=domain.name, network=network,
+                                     device=device.describe(' on the source'),
+                                     pfs=", ".join(sorted(map(str, avoid))))
+                if choice is None and device.managed is False:
+                    raise NoVfioVF(network=network, device=device.describe(),
+                                   domain=domain.name)
+            if choice is None:
+                cursor = cursors.setdefault(network, self._candidates(network, nodes))
+                choice = next((vf for vf in cursor if vf.address not in taken
+                               and self.inventory.present(vf)), None)
+            if choice is None:
+                if self._affinity(network, nodes) == "required":
+                    near = list(self._candidates(network, nodes))
+                    own, unavailable = _unavailable(near, taken, assignments)
+                    raise NoVFOnGuestNodes(network=network, domain=domain.name,
+                                           nodes=nodes, total=len(near), own=own,
+                                           unavailable=unavailable)
+                vfs = self.inventory.vfs_of_network(network)
+                own, unavailable = _unavailable(vfs, taken, assignments)
+                raise NoFreeVF(network=network, total=len(vfs), unavailable=unavailable,
+                               own=own, absent=len(vfs) - unavailable - own)
+            taken.add(choice.address)
+            if group is not None:
+                spread.setdefault((network, group), set()).add(choice.pf)
+            assignments.append(Assignment(device, choice))
+            changes.append(Change.add(Event.RESERVED, choice.address, network, domain.uuid,
+                                      domain.name, INCOMING,
+                                      f"reserved for its {device.describe(' on the source')}",
+                                      f"{operation}: for {device.describe()}"))
+            if not apart:
+                changes.append(Change(
+                    Event.SPREAD, choice.address, domain.name, domain.uuid, network,
+                    f"shares PF {choice.pf} with another of its VFs, which sat on "
+                    "another PF on the source: no other PF of the network has a free "
+                    "VF here (pf_spread = preferred)"))
+        return changes
 
     def claim_for_start(self, domain: DomainXML) -> list[Change]:
         """Claim, as active, every VF of ours the guest names (``prepare``/``start``).
@@ -336,35 +344,28 @@ class Claims:
                 if obstacle is not None:
                     raise VFTaken(vf=vf.address, domain=domain.name, holder=obstacle)
                 if yielding is not None:
-                    changes.extend(self._end_reset_claim(yielding, f"guest '{domain.name}' "
-                                                                   "started with it"))
-                claim = self._claim_active(snapshot, domain, vf, f"start: {device.describe()}")
-                changes.append(Change.of(Event.ACTIVATED, claim,
-                                         f"claimed for its {device.describe()}"))
-        return changes
-
-    def _end_reset_claim(self, claim: Claim, why: str) -> list[Change]:
-        """Give up a reset claim because a guest uses the VF: no reset is owed any more."""
-        detail = f"no longer waits for a reset ({reset_phrase(claim)}): {why}"
-        released = self.ledger.set_state([claim], RELEASED, detail)
-        self.ledger.mark_reset(claim.vf)
-        return [Change.of(Event.RELEASED, c, detail) for c in released]
+                    changes.append(_end_reset_claim(yielding, f"guest '{domain.name}' "
+                                                              "started with it"))
+                changes.append(self._claim_active(snapshot, domain, vf, Event.ACTIVATED,
+                                                  f"claimed for its {device.describe()}",
+                                                  f"start: {device.describe()}"))
+            return apply(self.ledger, changes)
 
     def activate(self, domain_uuid: str, reason: str) -> list[Change]:
         """incoming → active for one guest (``started``, or arrival seen by the listener)."""
         with self.ledger.transaction():
-            incoming = [c for c in self.ledger.claims_of(domain_uuid, strict=False)
-                        if c.state == INCOMING]
-            return [Change.of(Event.ACTIVATED, claim, "is in use")
-                    for claim in self.ledger.set_state(incoming, ACTIVE, reason)]
+            return apply(self.ledger, [
+                Change.of(Event.ACTIVATED, claim, "is in use", ACTIVATE, reason)
+                for claim in self.ledger.claims_of(domain_uuid, strict=False)
+                if claim.state == INCOMING])
 
     def release(self, domain_uuid: str, reason: str,
                 only: Callable[[Claim], bool] = lambda claim: True) -> list[Change]:
         """Release a guest's live claims (all of them, or those ``only`` selects)."""
         with self.ledger.transaction():
-            claims = [c for c in self.ledger.claims_of(domain_uuid, strict=False) if only(c)]
-            return [Change.of(Event.RELEASED, claim, "released")
-                    for claim in self.ledger.set_state(claims, RELEASED, reason)]
+            return apply(self.ledger, [
+                Change.of(Event.RELEASED, claim, "released", RELEASE, reason)
+                for claim in self.ledger.claims_of(domain_uuid, strict=False) if only(claim)])
 
     def reassert(self, domain: DomainXML) -> tuple[list[Change], list[VfmigrateError]]:
         """Make sure a running guest's VFs are claimed as active (``reconnect``).
@@ -381,20 +382,25 @@ class Claims:
                 own, yielding, obstacle = snapshot.standing(vf.address, domain.uuid,
                                                             starting=False)
                 if yielding is not None:
-                    changes.extend(self._end_reset_claim(yielding, f"running guest "
-                                                                   f"'{domain.name}' holds it"))
+                    changes.append(_end_reset_claim(yielding, f"running guest "
+                                                              f"'{domain.name}' holds it"))
                 if obstacle is not None:
                     conflicts.append(VFTaken(vf=vf.address, domain=domain.name,
                                              holder=f"also {obstacle}"))
                 elif own is None:
-                    claim = self._claim_active(snapshot, domain, vf,
-                                               "reconnect: claim was missing")
-                    changes.append(Change.of(Event.CORRECTED, claim,
-                                             "had no claim: claimed for it now"))
+                    changes.append(self._claim_active(snapshot, domain, vf, Event.CORRECTED,
+                                                      "had no claim: claimed for it now",
+                                                      "reconnect: claim was missing"))
                 elif own.state == INCOMING and domain.uuid in snapshot.running:
-                    for claim in self.ledger.set_state([own], ACTIVE, "reconnect: running"):
-                        changes.append(Change.of(Event.ACTIVATED, claim, "is in use"))
-        return changes, conflicts
+                    changes.append(Change.of(Event.ACTIVATED, own, "is in use", ACTIVATE,
+                                             "reconnect: running"))
+            return apply(self.ledger, changes), conflicts
+
+
+def _end_reset_claim(claim: Claim, why: str) -> Change:
+    """Give up a reset claim because a guest uses the VF: no reset is owed any more."""
+    detail = f"no longer waits for a reset ({reset_phrase(claim)}): {why}"
+    return Change.of(Event.RELEASED, claim, detail, END_RESET, detail)
 
 
 def _unavailable(vfs: list[VF], taken: set[PciAddress], assignments: list[Assignment]

@@ -1,9 +1,9 @@
 """Who holds a VF and what stands in a guest's way: the one rule of the hook's decisions
 (:mod:`vfmigrate.claims`) and of reconcile's plan (:mod:`vfmigrate.reconcile`), judged
 over a :class:`Snapshot` of the host, which :meth:`Snapshot.of` alone builds.  Both
-return what they decide as :class:`Change` records.  Nothing here writes: the hook's
-decisions apply theirs in the transaction that read the snapshot, reconcile applies its
-plan in one transaction that checks each claim is still as planned.
+return what they decide as :class:`Change` records, and :func:`apply` alone writes them
+to the ledger: the hook's decisions in the transaction that read the snapshot,
+reconcile's plan in one transaction that checks each claim is still as planned.
 
 * A VF is held by the live claim on it and by every running guest whose ``held``
   names it (:mod:`vfmigrate.running`).
@@ -19,7 +19,7 @@ plan in one transaction that checks each claim is still as planned.
 from __future__ import annotations
 
 from .config import Config
-from .ledger import INCOMING, RESET_FAILED, RESETTING, Claim, Ledger
+from .ledger import ACTIVE, INCOMING, RELEASED, RESET_FAILED, RESETTING, Claim, Ledger
 from .pci import PciAddress
 from .records import record
 from .running import RunningGuest
@@ -43,22 +43,38 @@ def reset_phrase(claim: Claim) -> str:
     return _RESET_PHRASES.get(claim.reset_state, "its reset has not run")
 
 
-class Change(record("Change", "event vf domain_name domain_uuid network detail claim")):
-    """One thing a decision did (or, in a dry run, would do) to a VF's claim, or reports
-    about a VF: the kind of event, the VF, its network, the guest, why, and the claim as
-    it is now (None where there is none).  The hook's decisions and the listener's
-    reconcile both return these."""
+# What applying a change writes to the ledger (Change.write); None: nothing, a report.
+RELEASE, END_RESET, ADD, ACTIVATE = "release", "end reset", "add", "activate"
+
+
+class Change(record("Change", "event vf domain_name domain_uuid network detail claim write "
+                              "state reason")):
+    """One thing a decision does (or, in a dry run, would do) to a VF's claim, or reports
+    about a VF: the kind of event, the VF, its network, the guest, why, and the claim it
+    is about (None where there is none); ``write`` what :func:`apply` writes for it
+    (``state`` of a claim it adds; ``reason``, the ledger's).  The hook's decisions and
+    the listener's reconcile both return these."""
 
     __slots__ = ()
 
-    def __new__(cls, event, vf, domain_name, domain_uuid, network, detail, claim=None):
+    def __new__(cls, event, vf, domain_name, domain_uuid, network, detail, claim=None,
+                write=None, state=None, reason=None):
         return super().__new__(cls, event, vf, domain_name, domain_uuid, network, detail,
-                               claim)
+                               claim, write, state, reason)
 
     @classmethod
-    def of(cls, event, claim: Claim, detail: str) -> Change:
+    def of(cls, event, claim: Claim, detail: str, write: str | None = None,
+           reason: str | None = None) -> Change:
+        """About ``claim``: a report, or (``write``) its release, end or activation."""
         return cls(event, claim.vf, claim.domain_name, claim.domain_uuid, claim.network,
-                   detail, claim)
+                   detail, claim, write, None, reason if reason is not None else detail)
+
+    @classmethod
+    def add(cls, event, vf: PciAddress, network: str, domain_uuid: str, domain_name: str,
+            state: str, detail: str, reason: str) -> Change:
+        """A new claim on ``vf`` for a guest."""
+        return cls(event, vf, domain_name, domain_uuid, network, detail, None, ADD, state,
+                   reason)
 
     def subject(self) -> str:
         """What it is about, in words: "VF … of network …, guest …"."""
@@ -147,3 +163,38 @@ class Snapshot:
             return None, None, "being reset by vfmigrate right now (retry in a few seconds)"
         others = self._held_by_others(address, uuid) if starting else []
         return None, claim, f"in use by running guest '{others[0].name}'" if others else None
+
+
+def apply(ledger: Ledger, changes: list[Change], *, as_planned: bool = False) -> list[Change]:
+    """Write ``changes`` in order, in the caller's ledger transaction; returns those done,
+    each with its claim as it is now (a report is done as it is).
+
+    ``as_planned`` (a plan made outside the transaction, as reconcile's): a change whose
+    claim is no longer exactly as planned, or a new claim on a VF claimed meanwhile, is
+    left out: a hook changed it, and the next plan will see that."""
+    live = {claim.id: claim for claim in ledger.live_claims(strict=False)} \
+        if as_planned else {}
+    claimed = {claim.vf for claim in live.values()}
+    done = []
+    for change in changes:
+        if change.write is None:
+            done.append(change)
+            continue
+        if change.write == ADD:
+            if as_planned and change.vf in claimed:
+                continue
+            claim = ledger.add(vf=change.vf, network=change.network,
+                               domain_uuid=change.domain_uuid, domain_name=change.domain_name,
+                               state=change.state, reason=change.reason)
+            claimed.add(claim.vf)
+        else:
+            if as_planned and live.get(change.claim.id) != change.claim:
+                continue
+            state = ACTIVE if change.write == ACTIVATE else RELEASED
+            claim, = ledger.set_state([change.claim], state, change.reason)
+            if change.write == END_RESET:
+                ledger.mark_reset(claim.vf)
+            if state == RELEASED:
+                claimed.discard(claim.vf)
+        done.append(change._replace(claim=claim))
+    return done

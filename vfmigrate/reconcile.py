@@ -65,7 +65,7 @@ from .errors import BadDomainXML, VfmigrateError
 from .events import Event
 from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, RELEASED, RESET_FAILED, RESETTING, Claim, Ledger
-from .ownership import Change, Snapshot, reset_in_progress, reset_phrase
+from .ownership import RELEASE, Change, Snapshot, apply, reset_in_progress, reset_phrase
 from .pci import PciAddress
 from .running import RunningGuest
 from .virt import Guest
@@ -119,6 +119,11 @@ def vf_resetter(config: Config):
         return NoReset()
     from .vfnetlink import VFNetlink
     return VFNetlink(config.sysfs_root)
+
+
+def _release(event, claim: Claim, detail: str) -> Change:
+    """A plan's release of ``claim``; the ledger's reason says reconcile found it."""
+    return Change.of(event, claim, detail, RELEASE, f"reconcile: {detail}")
 
 
 class _ResetOutcome(namedtuple("_ResetOutcome", "unsupported failure")):
@@ -210,11 +215,11 @@ class Reconciler:
                 if provable(claim):
                     detail = ("incoming claim expired: the guest never arrived"
                               if claim.state == INCOMING else "the guest is not running")
-                    corrections.append(Change.of(Event.EXPIRED if claim.state == INCOMING
-                                                 else Event.CORRECTED, claim, detail))
+                    corrections.append(_release(Event.EXPIRED if claim.state == INCOMING
+                                                else Event.CORRECTED, claim, detail))
             elif guest is not None and claim.vf not in guest.held and provable(claim):
-                corrections.append(Change.of(Event.CORRECTED, claim,
-                                             "the guest no longer holds this VF"))
+                corrections.append(_release(Event.CORRECTED, claim,
+                                            "the guest no longer holds this VF"))
             if inventory.find_vf(claim.vf) is None:
                 corrections.append(Change.of(Event.VANISHED, claim,
                                              "claimed VF is missing from sysfs"))
@@ -225,7 +230,7 @@ class Reconciler:
             guest = named_by[0]
             own, yielding, obstacle = snapshot.standing(address, guest.uuid, starting=False)
             if yielding is not None:
-                corrections.append(Change.of(Event.CORRECTED, yielding, (
+                corrections.append(_release(Event.CORRECTED, yielding, (
                     f"no longer waits for a reset ({reset_phrase(yielding)}): running guest "
                     f"'{guest.name}' holds this VF")))
             vf = inventory.find_vf(address)
@@ -239,39 +244,22 @@ class Reconciler:
                 corrections.append(Change(Event.CONFLICT, address, guest.name, guest.uuid,
                                           vf.network, f"held by this guest but {obstacle}"))
             elif own is None:
-                corrections.append(Change(Event.CORRECTED, address, guest.name, guest.uuid,
-                                          vf.network, "held without a claim: claim added"))
+                corrections.append(Change.add(Event.CORRECTED, address, vf.network, guest.uuid,
+                                              guest.name, ACTIVE,
+                                              "held without a claim: claim added",
+                                              "reconcile: held without a claim"))
         return corrections
 
     # -- applying -------------------------------------------------------------
 
     def apply(self, corrections: list[Change]) -> list[Change]:
-        """Carry out the releases and additions of a plan in one transaction.
+        """Carry out a plan in one transaction (:func:`vfmigrate.ownership.apply`).
 
-        A claim is released only if it is still exactly as planned: one a hook
-        changed meanwhile (activated, taken over, released) is left to the next
-        reconcile."""
-        applied = []
+        A claim is released only if it is still exactly as planned, and one is added
+        only on a VF still unclaimed: what a hook changed meanwhile (activated, taken
+        over, released, claimed) is left to the next reconcile."""
         with self.ledger.transaction():
-            live = {claim.id: claim for claim in self.ledger.live_claims(strict=False)}
-            held = {claim.vf for claim in live.values()}
-            for correction in corrections:
-                claim = correction.claim
-                if claim is not None and correction.event is not Event.VANISHED:
-                    if live.get(claim.id) == claim:   # not changed meanwhile by a hook
-                        self.ledger.set_state([claim], RELEASED, f"reconcile: {correction.detail}")
-                        held.discard(claim.vf)
-                        applied.append(correction)
-                elif correction.event is Event.CORRECTED and correction.vf not in held:
-                    self.ledger.add(vf=correction.vf, network=correction.network,
-                                    domain_uuid=correction.domain_uuid,
-                                    domain_name=correction.domain_name, state=ACTIVE,
-                                    reason="reconcile: held without a claim")
-                    held.add(correction.vf)
-                    applied.append(correction)
-                elif correction.event in (Event.CONFLICT, Event.VANISHED):
-                    applied.append(correction)
-        return applied
+            return apply(self.ledger, corrections, as_planned=True)
 
     # -- resets ---------------------------------------------------------------
 
