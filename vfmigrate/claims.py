@@ -26,8 +26,7 @@ from .inventory import VF, Inventory
 from .ledger import ACTIVE, INCOMING, Claim, Ledger
 from .numa import BadCpuset, nodes_phrase
 from .events import Event, EventKind
-from .ownership import (ACTIVATE, END_RESET, RELEASE, Change, Snapshot, apply,
-                        reset_phrase)
+from .ownership import ACTIVATE, END_RESET, RELEASE, Change, Snapshot, apply, reset_phrase
 from .pci import PciAddress
 from .records import record
 from .running import RunningGuest, running_guests
@@ -350,22 +349,6 @@ class Claims:
                                                   f"claimed for its {device.describe()}",
                                                   f"start: {device.describe()}"))
             return apply(self.ledger, changes)
-
-    def activate(self, domain_uuid: str, reason: str) -> list[Change]:
-        """incoming → active for one guest (``started``, or arrival seen by the listener)."""
-        with self.ledger.transaction():
-            return apply(self.ledger, [
-                Change.of(Event.ACTIVATED, claim, "is in use", ACTIVATE, reason)
-                for claim in self.ledger.claims_of(domain_uuid, strict=False)
-                if claim.state == INCOMING])
-
-    def release(self, domain_uuid: str, reason: str,
-                only: Callable[[Claim], bool] = lambda claim: True) -> list[Change]:
-        """Release a guest's live claims (all of them, or those ``only`` selects)."""
-        with self.ledger.transaction():
-            return apply(self.ledger, [
-                Change.of(Event.RELEASED, claim, "released", RELEASE, reason)
-                for claim in self.ledger.claims_of(domain_uuid, strict=False) if only(claim)])
 
     def reassert(self, domain: DomainXML) -> tuple[list[Change], list[VfmigrateError]]:
         """Make sure a running guest's VFs are claimed as active (``reconnect``).

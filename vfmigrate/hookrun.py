@@ -10,15 +10,20 @@ typing): it runs synchronously inside libvirt's migration and start paths.
 from __future__ import annotations
 
 from . import config as configuration
-from . import domxml
-from .claims import Claims
+from . import domxml, ownership
 from .errors import (ConfigMissing, EXIT_INTERNAL, NotConfigured, VfmigrateError,
                      exit_code_for)
 from .events import (ERROR, INFO, JOURNAL_SOCKET, WARNING, Event, HookLog,
                      default_sender)
-from .inventory import Inventory
 from .ledger import Ledger
-from .ownership import Change
+
+# started/stopped/release need the ledger alone: what claims and the inventory cost to
+# import is spent only by the operations that decide over the host (see _claims).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .claims import Claims
+    from .inventory import Inventory
+    from .ownership import Change
 
 # What the guest is doing when libvirt runs the hook, as the journal says it.
 _DOING = {"migrate": "is arriving by migration", "restore": "is being restored",
@@ -96,10 +101,14 @@ class HookCall:
             return self.config
         return configuration.load(configuration.config_path(None, self.environ))
 
-    def _claims(self, config: configuration.Config) -> Claims:
+    def _ledger(self, config: configuration.Config) -> Ledger:
         if self.ledger is None:
             self.ledger = Ledger.of(config, self.clock)
-        return Claims.of(config, self.ledger, self.clock, sysfs_root=self.sysfs_root,
+        return self.ledger
+
+    def _claims(self, config: configuration.Config) -> Claims:
+        from .claims import Claims
+        return Claims.of(config, self._ledger(config), self.clock, sysfs_root=self.sysfs_root,
                          on_unreadable=lambda problem: self.log.event(
                              Event.CONFLICT, problem, priority=WARNING,
                              domain=self.domain_name))
@@ -116,15 +125,18 @@ class HookCall:
             return 0  # not configured: vfmigrate manages no VF on this host
         if domain.test_only and config.allow_stand_ins:
             domain = domxml.parse(self.xml, allow_stand_ins=True)
+        if self.operation == "started":
+            self._log(domain, ownership.activate(self._ledger(config), domain.uuid,
+                                                 "started: the guest is running"))
+            return 0
+        if self.operation in ("stopped", "release"):
+            how = how_stopped(self.extra)
+            self._log(domain, ownership.release(self._ledger(config), domain.uuid,
+                                                f"{self.operation}: guest {how}"), doing=how)
+            return 0
         claims = self._claims(config)
         if self.operation in ("prepare", "start"):
             self._log(domain, claims.claim_for_start(domain))
-        elif self.operation == "started":
-            self._log(domain, claims.activate(domain.uuid, "started: the guest is running"))
-        elif self.operation in ("stopped", "release"):
-            how = how_stopped(self.extra)
-            self._log(domain, claims.release(domain.uuid, f"{self.operation}: guest {how}"),
-                      doing=how)
         elif self.operation == "reconnect":
             changes, conflicts = claims.reassert(domain)
             self._log(domain, changes)
@@ -154,15 +166,16 @@ class HookCall:
         try:
             applied, unapplied = self._apply_settings(config, domain, assignments)
         except VfmigrateError:
-            claims.release(domain.uuid, f"{self.operation}: its VF settings could not be "
-                                        "applied")
+            ownership.release(claims.ledger, domain.uuid, f"{self.operation}: its VF settings "
+                                                          "could not be applied")
             raise
         try:
             if rewritten != self.xml:
                 self.stdout.write(rewritten)
                 self.stdout.flush()
         except OSError:
-            claims.release(domain.uuid, f"{self.operation}: could not hand the XML to libvirt")
+            ownership.release(claims.ledger, domain.uuid,
+                              f"{self.operation}: could not hand the XML to libvirt")
             raise
         self._log(domain, changes)
         self._log_settings(domain, applied, unapplied)

@@ -100,7 +100,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from . import METADATA_NAMESPACE, arrival, assisted, domxml, metadata, replug, vfpolicy
+from . import (METADATA_NAMESPACE, arrival, assisted, domxml, metadata, ownership, replug,
+               vfpolicy)
 from .config import Config
 from .errors import BadDomainXML, LibvirtFailure, VfmigrateError
 from .events import Event
@@ -475,10 +476,7 @@ class Listener(Supervisor):
 
     def arrived(self, uuid: str, name: str) -> None:
         """A migration finished here: activate, fix the saved definition, label."""
-        from .claims import Claims
-
-        claims = Claims.of(self.config, self.ledger, self.clock)
-        for change in claims.activate(uuid, "arrived: migration finished"):
+        for change in ownership.activate(self.ledger, uuid, "arrived: migration finished"):
             event(log, change.event, "guest %s arrived by migration: VF %s of network %s is "
                   "in use", name, change.vf, change.network,
                   domain=name, vf=change.vf, network=change.network)

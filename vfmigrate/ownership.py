@@ -18,11 +18,19 @@ reconcile's plan in one transaction that checks each claim is still as planned.
 
 from __future__ import annotations
 
-from .config import Config
 from .ledger import ACTIVE, INCOMING, RELEASED, RESET_FAILED, RESETTING, Claim, Ledger
-from .pci import PciAddress
+from .events import Event
 from .records import record
-from .running import RunningGuest
+
+# The hook's started/stopped/release calls import this module and the ledger only:
+# these names are for annotations and readers, never needed at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from .config import Config
+    from .pci import PciAddress
+    from .running import RunningGuest
 
 # How long a reset claim in state "resetting" may be before it counts as left behind
 # by a process that died mid-reset, beyond the reset timeout and the lock timeout.
@@ -198,3 +206,22 @@ def apply(ledger: Ledger, changes: list[Change], *, as_planned: bool = False) ->
                 claimed.discard(claim.vf)
         done.append(change._replace(claim=claim))
     return done
+
+
+def activate(ledger: Ledger, domain_uuid: str, reason: str) -> list[Change]:
+    """incoming → active for one guest (``started``, or arrival seen by the listener), in
+    one transaction."""
+    with ledger.transaction():
+        return apply(ledger, [Change.of(Event.ACTIVATED, claim, "is in use", ACTIVATE, reason)
+                              for claim in ledger.claims_of(domain_uuid, strict=False)
+                              if claim.state == INCOMING])
+
+
+def release(ledger: Ledger, domain_uuid: str, reason: str,
+            only: Callable[[Claim], bool] = lambda claim: True) -> list[Change]:
+    """Release a guest's live claims (all of them, or those ``only`` selects), in one
+    transaction."""
+    with ledger.transaction():
+        return apply(ledger, [Change.of(Event.RELEASED, claim, "released", RELEASE, reason)
+                              for claim in ledger.claims_of(domain_uuid, strict=False)
+                              if only(claim)])
