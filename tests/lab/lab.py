@@ -155,6 +155,25 @@ def guest_crash(console: str) -> str | None:
     return next((line for line in console.splitlines() if GUEST_CRASH.search(line)), None)
 
 
+class ReportWatch:
+    """Whether a running L2 guest still reports: its init prints a ``LAB-L2 up=`` line
+    every few seconds.  Other console output is no sign of life: a guest stuck in its
+    kernel prints "soft lockup - CPU#0 stuck for 22s!" every half minute (seen)."""
+
+    def __init__(self, silence_limit: float | None) -> None:
+        self.silence_limit = silence_limit
+        self.reports = -1
+        self.since = 0.0
+
+    def hung(self, console: str, now: float) -> bool:
+        """No new report for ``silence_limit`` s by ``now`` (never, without a limit)."""
+        reports = console.count("LAB-L2 up=")
+        if reports != self.reports:
+            self.reports, self.since = reports, now
+            return False
+        return self.silence_limit is not None and now - self.since > self.silence_limit
+
+
 # --------------------------------------------------------------------------- helpers
 def wait(predicate, timeout: float, what: str, poll: float = 2.0) -> None:
     """Poll ``predicate()`` until true; LabError naming ``what`` after ``timeout`` s."""
@@ -956,18 +975,15 @@ class L1Host:
         """Wait for an L2 console report satisfying predicate(report); return it.
 
         Raises :class:`L2GuestCrashed` as soon as the console shows a kernel crash, or
-        when it printed nothing for ``silence_limit`` s (only for a guest that is up and
+        when no new report came for ``silence_limit`` s (only for a guest that is up and
         reports every few seconds: a booting kernel is silent for minutes)."""
         deadline = time.monotonic() + timeout
-        last_output, last_length = time.monotonic(), -1
+        watch = ReportWatch(silence_limit)
         while True:
             console = self.l2_console(name)
-            if len(console) != last_length:
-                last_output, last_length = time.monotonic(), len(console)
-            elif silence_limit is not None and time.monotonic() - last_output > silence_limit:
+            if watch.hung(console, time.monotonic()):
                 raise L2GuestCrashed(self.name, name, console[-3000:],
-                                     f"the guest hung (its console silent for "
-                                     f"{silence_limit:.0f} s)")
+                                     f"the guest hung (no report for {silence_limit:.0f} s)")
             for rep in reversed([parse_l2_report(line) for line in console.splitlines()
                                  if line.startswith("LAB-L2 up=")]):
                 if predicate(rep):

@@ -1,14 +1,15 @@
 """The SR-IOV lab tells a guest whose kernel crashed from one that only stalled.
 
 The consoles are excerpts of L2 guests' serial consoles recorded in the lab: a healthy
-guest's RCU stall right after a migration's switch-over (a register dump, no crash), and
-three guests whose memory arrived corrupt on the destination (one of them without a VF)."""
+guest's RCU stall right after a migration's switch-over (a register dump, no crash),
+three guests whose memory arrived corrupt on the destination (one of them without a VF),
+and one stuck in its kernel on arrival, printing soft lockups instead of reports."""
 
 from pathlib import Path
 
 import pytest
 
-from tests.lab.lab import guest_crash, parse_l2_report
+from tests.lab.lab import ReportWatch, guest_crash, parse_l2_report
 
 CONSOLES = Path(__file__).parent / "lab_consoles"
 
@@ -53,3 +54,21 @@ def test_a_report_line_the_console_garbled_keeps_what_it_can_parse():
     report = parse_l2_report(line)
     assert report["ping"] == {"198.51.100.1": "ok"}
     assert report["master"] == "eth0"
+
+
+def test_a_guest_that_prints_only_soft_lockups_is_hung_once_its_reports_stop():
+    """Recorded in a `.ci/run` on a clean clone, 2026-12-01: the failover guest, stuck in
+    its kernel on arrival, printed a soft lockup every 28 s for 15 min and no report.
+    Console output alone kept it "alive"; only reports count."""
+    stuck = (CONSOLES / "soft-lockup-after-arrival.console").read_text().splitlines()
+    assert guest_crash("\n".join(stuck)) is None   # a one-off soft lockup is no crash
+    report = "LAB-L2 up=78.22 master=eth0 ifaces= ping="
+    watch = ReportWatch(300)
+    console = report
+    assert not watch.hung(console, 0.0)
+    for seconds, line in zip(range(28, 28 * len(stuck) + 1, 28), stuck):
+        console += "\n" + line
+        assert watch.hung(console, float(seconds)) == (seconds > 300)
+    assert watch.hung(console + "\n" + stuck[-1], 301.0)
+    assert not watch.hung(console + "\n" + report, 302.0)   # a report: alive again
+    assert not ReportWatch(None).hung(console, 10_000.0)
