@@ -5,11 +5,12 @@ starts meanwhile could import some modules of the old version and some of the ne
 (packaging/README.md, "Upgrade safety").  ``packaging/build`` writes
 ``vfmigrate/_build.py``: the version and a CRC-32 of every module file of the build.
 The hook's VF path checks the files on disk against it before its imports, and after
-them that no file was replaced since: then everything it loaded is that build.  If not, it waits a second (the
-package manager's rename loop takes milliseconds) and starts itself once more; if the
-files still do not match, the package is broken and the hook answers as it does when
-it cannot import vfmigrate at all (``hooks/qemu``): an incoming guest with VFs is
-refused, so it stays on the source, anything else is let through.
+them that no file was replaced since: then everything it loaded is that build.  If not,
+it waits a second (the package manager's rename loop takes milliseconds) and starts
+itself once more; if the files still do not match, the package is broken and the hook
+answers as it does when it cannot import vfmigrate at all (``hooks/qemu``): an
+incoming guest with VFs is refused, so it stays on the source, anything else is let
+through.
 
 A tree without ``_build.py`` (a checkout, the tests) is not checked.
 """

@@ -52,7 +52,6 @@ import stat
 import time
 
 
-
 def _import_sqlite():
     """The ``_sqlite3`` C module: the sqlite3 package is it plus datetime adapters the
     ledger does not use, which would pull datetime and collections onto the hook's path.

@@ -392,7 +392,7 @@ class Listener(Supervisor):
         return corrections
 
     def reconcile_guest(self, uuid: str, context: str) -> list[Change]:
-        claims_before = self.reconciler.snapshot()   # before listing: see reconcile_all
+        claims_before = self.reconciler.claims_before()   # before listing: see reconcile_all
         guests = self.host.active_guests()
         guest = next((g for g in guests if g.uuid == uuid), None)
         if guest is not None and not self._readable([guest]):
@@ -400,7 +400,7 @@ class Listener(Supervisor):
         if guest is not None:
             self._for_guest(uuid, guest.name, "finishing an interrupted vfmigrate migrate",
                             self.recover_interrupted_migration)
-            claims_before = self.reconciler.snapshot()
+            claims_before = self.reconciler.claims_before()
             guests = self.host.active_guests()
         corrections = self.reconciler.reconcile(guests, only_uuid=uuid,
                                                 claims_before=claims_before)

@@ -149,10 +149,11 @@ class Reconciler:
 
     # -- planning -------------------------------------------------------------
 
-    def snapshot(self) -> ClaimsBefore:
-        """The live claims now: take it *before* listing the guests (``claims_before``)."""
+    def claims_before(self) -> ClaimsBefore:
+        """The live claims now: take them *before* listing the guests (``plan``'s
+        ``claims_before``)."""
         return ClaimsBefore((claim.id, claim.updated)
-                              for claim in self.ledger.live_claims(strict=False))
+                            for claim in self.ledger.live_claims(strict=False))
 
     def read_guests(self, guests: Iterable[Guest]
                     ) -> tuple[list[RunningGuest], list[UnknownGuest], list[Change]]:
@@ -413,7 +414,7 @@ class Reconciler:
         """Plan, apply, reset.  ``guests``: the running guests as libvirt lists them, or
         a function listing them (then the claims are snapshot first: exact)."""
         if callable(guests):
-            claims_before = self.snapshot()
+            claims_before = self.claims_before()
             guests = guests()
         parsed, unknown, problems = self.read_guests(guests)
         plan = self.plan(parsed, only_uuid=only_uuid, unknown=unknown,

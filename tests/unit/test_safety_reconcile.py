@@ -402,7 +402,7 @@ def test_a_claim_made_after_the_guest_list_was_taken_is_not_released(host, pf):
 def test_a_snapshot_taken_before_listing_guards_the_same_race(host, pf):
     vf = host.physnet1_vfs[1]
     reconciler = Reconciler(host.config(), host.ledger(), vf_netlink=pf.netlink(host))
-    before = reconciler.snapshot()
+    before = reconciler.claims_before()
     listed: list[Guest] = []
     assert host.hook_process("prepare", teaming_guest("booting", [str(vf)]),
                              domain="booting").code == 0
