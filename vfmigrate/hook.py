@@ -54,6 +54,10 @@ import time
 
 from . import METADATA_NAMESPACE
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 _OPERATIONS = frozenset({"migrate", "restore", "prepare", "start", "started",
                          "stopped", "release", "reconnect"})
 _VF_MARKERS = (b"hostdev", METADATA_NAMESPACE.encode())
@@ -120,6 +124,12 @@ def main(argv, stdin, stdout, *, stderr=None, environ=None, config=None,
     return call.run()
 
 
-def run() -> int:
-    """Entry point of the installed hook executable."""
-    return main(sys.argv, sys.stdin.buffer, sys.stdout.buffer, may_restart=True)
+def run() -> "NoReturn":
+    """Entry point of the installed hook executable: exits with :func:`main`'s code once
+    its answer is flushed, without the interpreter's teardown (freeing every module and
+    object one by one), which libvirt would wait for: ~2 ms of each VF call, issue 15.
+    Everything the call opened is closed by then (:class:`~vfmigrate.hookrun.HookCall`)."""
+    code = main(sys.argv, sys.stdin.buffer, sys.stdout.buffer, may_restart=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -58,6 +58,7 @@ class HookCall:
         self.config = config
         self.sysfs_root = sysfs_root
         self.ledger = ledger
+        self.opened_ledger = False   # by this call, which then closes it
         self.clock = clock
         self.netlink_factory = netlink_factory   # tests: a VFNetlink over a fake PF
         sender = journal_sender
@@ -66,6 +67,13 @@ class HookCall:
         self.log = HookLog(stderr, sender)
 
     def run(self) -> int:
+        try:
+            return self._answer()
+        finally:
+            if self.opened_ledger:   # closed here, not by the interpreter's teardown
+                self.ledger.close()
+
+    def _answer(self) -> int:
         try:
             return self._dispatch()
         except VfmigrateError as error:
@@ -104,6 +112,7 @@ class HookCall:
     def _ledger(self, config: configuration.Config) -> Ledger:
         if self.ledger is None:
             self.ledger = Ledger.of(config, self.clock)
+            self.opened_ledger = True
         return self.ledger
 
     def _claims(self, config: configuration.Config) -> Claims:

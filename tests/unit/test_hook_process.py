@@ -27,6 +27,22 @@ def test_hook_executable_runs_like_libvirt_runs_it(host):
     assert host.live_claims() == []
 
 
+def test_each_hook_call_closes_the_ledger_before_it_exits(host):
+    """The hook exits without the interpreter's teardown (vfmigrate.hook.run), so nothing
+    would close the ledger for it: the call closes it itself.  The last connection to
+    close checkpoints SQLite's write-ahead log and removes it; one left open would leave
+    the log for the next call to recover, and a crash before a checkpoint to undo."""
+    wal = host.state_dir / "ledger.sqlite3-wal"
+    result = host.hook_process("migrate", teaming_guest("web1", [SOURCE_VF],
+                                                        networks=["physnet1"]), domain="web1")
+    assert result.code == 0, result.stderr
+    assert not wal.exists()
+    for operation in ("prepare", "start", "started"):
+        assert host.hook_process(operation, result.stdout, domain="web1").code == 0
+        assert not wal.exists(), operation
+    assert [c.state for c in host.live_claims()] == ["active"]
+
+
 def test_hook_process_without_vf_prints_nothing_even_unconfigured(host):
     host.config_path.unlink()
     result = host.hook_process("migrate", plain_guest("plain"))
