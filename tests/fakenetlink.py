@@ -69,6 +69,7 @@ class FakePFs:
     def __init__(self) -> None:
         self.pfs: dict[str, FakePF] = {}
         self.requests: list[tuple[str, int, dict]] = []
+        self.opened = self.closed = 0   # IPRoutes made by iproute(), and closed
 
     def add(self, netdev: str, num_vfs: int, lacks=()) -> FakePF:
         pf = FakePF(netdev, 100 + len(self.pfs), num_vfs, lacks)
@@ -79,6 +80,7 @@ class FakePFs:
         return self.pfs[netdev].vfs[index]
 
     def iproute(self) -> "FakeIPRoute":
+        self.opened += 1
         return FakeIPRoute(self)
 
 
@@ -122,4 +124,4 @@ class FakeIPRoute:
                 setattr(target, key, value)
 
     def close(self) -> None:
-        pass
+        self.kernel.closed += 1

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from . import vfsettings
 from .errors import HostStateError
 from .inventory import VF
+
+# The hook imports this module to give arriving VFs their settings: collections.abc and
+# contextlib (which imports functools and collections) would cost it ~2.5 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ZERO_MAC = "00:00:00:00:00:00"
 UNREPORTED = 0xFFFFFFFF   # trust/spoofchk of a driver that does not report them (-1)
@@ -137,19 +141,10 @@ class VFNetlink:
 
     # -- netlink ------------------------------------------------------------
 
-    @contextmanager
-    def _session(self, vf: VF) -> Iterator[tuple[object, int]]:
-        """An IPRoute and the PF's ifindex, closed afterwards."""
-        name = self.pf_netdev(vf)
-        iproute = self.iproute_factory()
-        try:
-            indexes = iproute.link_lookup(ifname=name)
-            if not indexes:
-                raise VFSettingError(what="settings", vf=vf.address, pf=vf.pf, index=vf.index,
-                                     problem=f"netdev {name} not found")
-            yield iproute, indexes[0]
-        finally:
-            iproute.close()
+    def _session(self, vf: VF) -> "_Session":
+        """``with self._session(vf) as (iproute, ifindex):`` an IPRoute and the PF's
+        ifindex, the IPRoute closed afterwards."""
+        return _Session(self, vf)
 
     def _read(self, iproute, ifindex: int, vf: VF) -> dict[str, str]:
         try:
@@ -201,3 +196,28 @@ def _settings_of(info) -> dict[str, str]:
         if protocol is not None:
             settings["vlan-proto"] = protocol
     return settings
+
+
+class _Session:
+    """What :meth:`VFNetlink._session` returns (a class: no contextlib on the hook's path)."""
+
+    def __init__(self, netlink: VFNetlink, vf: VF) -> None:
+        self.netlink, self.vf = netlink, vf
+
+    def __enter__(self) -> tuple[object, int]:
+        vf = self.vf
+        name = self.netlink.pf_netdev(vf)
+        self.iproute = self.netlink.iproute_factory()
+        try:
+            indexes = self.iproute.link_lookup(ifname=name)
+        except BaseException:
+            self.iproute.close()
+            raise
+        if not indexes:
+            self.iproute.close()
+            raise VFSettingError(what="settings", vf=vf.address, pf=vf.pf, index=vf.index,
+                                 problem=f"netdev {name} not found")
+        return self.iproute, indexes[0]
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.iproute.close()

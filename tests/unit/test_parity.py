@@ -93,6 +93,23 @@ def test_preferred_lets_the_guest_arrive_without_and_warns(host, kernel):
            "arrives without, as settings_parity = preferred allows" in result.stderr
 
 
+def test_every_netlink_session_is_closed_whatever_it_met(host, kernel):
+    """Given, refused by the driver, and on a PF whose netdev netlink does not know: each
+    IPRoute the hook opened is closed again."""
+    configure(host, settings_parity="preferred")
+    assert host.hook("migrate", arriving("one", "trust='on'"),
+                     netlink_factory=netlink_for(host)).code == 0
+    kernel.pfs["ens1f0"].lacks.add("trust")
+    assert host.hook("migrate", arriving("two", "trust='on'"),
+                     netlink_factory=netlink_for(host)).code == 0
+    del kernel.pfs["ens1f0"]
+    result = host.hook("migrate", arriving("three", "trust='on'"),
+                       netlink_factory=netlink_for(host))
+    assert result.code == 0, result.stderr
+    assert "netdev ens1f0 not found" in result.stderr
+    assert kernel.opened == kernel.closed == 3
+
+
 @pytest.mark.parametrize("policy, refused", [("trust", False), ("required", True),
                                              ("preferred", False)])
 def test_a_missing_link_state_refuses_only_under_required(host, kernel, policy, refused):
