@@ -26,6 +26,14 @@ Prints p50/p95 over N runs of:
                the six calls libvirt makes for one migration of the 4-VF guest
                (destination: migrate, prepare, start, started; source: stopped,
                release), summed, against six times the floor
+  migrate 4 no listener
+               migrate 4 on a host whose listener is not running
+
+Every host but the last holds a connection to its ledger open for the whole run, as
+vfmigrate's listener does: a hook call then closes a connection that is not the last
+one, and SQLite does not checkpoint its write-ahead log at that close (it does when the
+log passes 1000 pages, in whichever call commits then).  Without the listener each call
+is the last to close and checkpoints: "migrate 4 no listener".
 
 Targets (issue 15): migrate 4 <= 1.8x floor, every other VF call <= 1.6x, flat from 4
 to 64 VFs, no-VF unchanged (1.03x).
@@ -144,7 +152,7 @@ def main() -> None:
             "migrate 64": [],
             "migrate 4 pinned": [], "migrate 4 settings": [],
             "prepare 4": [], "start 4": [], "started 4": [], "stopped 4": [],
-            "release 4": [], "one migration": []}
+            "release 4": [], "one migration": [], "migrate 4 no listener": []}
         # The cold case runs on a host of its own: a status file changed less than a
         # second ago is parsed again by every call, which would make the others cold too.
         cold_root = root / "cold"
@@ -152,6 +160,11 @@ def main() -> None:
         cold_hook, cold_config, _ = build_host(cold_root, args.python)
         cold_env = dict(ENV, VFMIGRATE_CONFIG=str(cold_config))
         status_file = cold_root / "run" / "running0.xml"
+        lone_root = root / "lone"
+        lone_root.mkdir()
+        lone_hook, lone_config, _ = build_host(lone_root, args.python)
+        lone_env = dict(ENV, VFMIGRATE_CONFIG=str(lone_config))
+        listeners = [Ledger(host / "state" / "ledger.sqlite3") for host in (root, cold_root)]
 
         def hook_call(operation: str, xml: bytes, prints: bool) -> float:
             sub_operation = "end" if operation in ("stopped", "release") else "begin"
@@ -188,13 +201,19 @@ def main() -> None:
                 [str(cold_hook), "guest", "migrate", "begin", "-"], guests["migrate 4"],
                 cold_env, True))
             release_all(cold_root, "bench4")
+            samples["migrate 4 no listener"].append(timed(
+                [str(lone_hook), "guest", "migrate", "begin", "-"], guests["migrate 4"],
+                lone_env, True))
+            release_all(lone_root, "bench4")
+        for listener in listeners:
+            listener.close()
         floor = statistics.median(samples["floor"])
         print(f"hook latency, {args.runs} runs each, interpreter {args.python}")
-        print(f"{'case':<17} {'p50 ms':>8} {'p95 ms':>8} {'p50/floor':>10}")
+        print(f"{'case':<22} {'p50 ms':>8} {'p95 ms':>8} {'p50/floor':>10}")
         for case, values in samples.items():
             p50 = statistics.median(values)
             calls = 6 if case == "one migration" else 1
-            print(f"{case:<17} {p50 * 1000:8.1f} {percentile(values, 0.95) * 1000:8.1f} "
+            print(f"{case:<22} {p50 * 1000:8.1f} {percentile(values, 0.95) * 1000:8.1f} "
                   f"{p50 / floor / calls:9.2f}x" + ("  (per call: sum / 6 floors)"
                                                     if calls > 1 else ""))
         print("targets: migrate 4 <= 1.80x, other VF calls <= 1.60x, no-VF ~1.03x "
