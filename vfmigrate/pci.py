@@ -65,7 +65,7 @@ class PciAddress(record("PciAddress", "domain bus slot function")):
                 "slot": f"0x{self.slot:02x}", "function": f"0x{self.function:x}"}
 
     def __str__(self) -> str:
-        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
+        return "%04x:%02x:%02x.%x" % self   # domain, bus, slot, function
 
     __repr__ = __str__
 

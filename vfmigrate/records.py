@@ -9,6 +9,12 @@ tuple (compared, hashed, ordered and unpacked as one) with a property per field,
 
 from __future__ import annotations
 
+try:   # the C field accessor namedtuple itself uses (CPython >= 3.8)
+    from _collections import _tuplegetter
+except ImportError:   # another Python: a property does the same, slower
+    def _tuplegetter(index: int, doc: str) -> property:
+        return property(lambda self: self[index], doc=doc)
+
 
 def record(name: str, field_names: str, doc: str = "") -> type:
     """A tuple type called ``name`` with the space-separated ``field_names``."""
@@ -41,5 +47,5 @@ def record(name: str, field_names: str, doc: str = "") -> type:
                  "__repr__": __repr__, "_replace": _replace, "_asdict": _asdict,
                  "__getnewargs__": lambda self: tuple(self)}
     for index, field in enumerate(fields):
-        namespace[field] = property(lambda self, index=index: self[index])
+        namespace[field] = _tuplegetter(index, f"Field {index}: {field}")
     return type(name, (tuple,), namespace)
