@@ -3,7 +3,7 @@
 Run outside CI (hours), as root, on an otherwise idle machine::
 
     python3 -m tests.lab.attribution run --minutes 600 --workdir /var/tmp/attribution
-    [--l1-libvirt backports]    # both L1s run libvirt 11.3 + QEMU 10.0 for their guests
+    [--l1-kind debian12-qemu10]   # both L1s' kind (lab.L1_KINDS); default debian12: QEMU 7.2
     python3 -m tests.lab.attribution table /var/tmp/attribution/results.jsonl [...]
 
 One lab (lab-a, lab-b: same L1 image, CPU model, L2 kernel as the lab tier; 4 VFs each,
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     deb = build_package("deb")
     arms = [arm for arm in ARMS if arm.name in args.arms]
     with vfmigrate_lab(deb, args.workdir / "lab", numvfs=4, deny_first_on_b=False,
-                       libvirt=(args.l1_libvirt, args.l1_libvirt)) as (a, b):
+                       kinds=(args.l1_kind, args.l1_kind)) as (a, b):
         experiment = Experiment(a, b, args.workdir)
         experiment.record(event="start", arms=[arm.name for arm in arms],
                           qemu=a.run(["qemu-system-x86_64", "--version"]).stdout.split("\n")[0],
@@ -289,9 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_parser.add_argument("--rounds", type=int, default=15)
     run_parser.add_argument("--arms", nargs="+", default=[arm.name for arm in ARMS],
                             choices=[arm.name for arm in ARMS])
-    run_parser.add_argument("--l1-libvirt", choices=lab.L1_LIBVIRT_KINDS, default="system",
-                            help="both L1s' libvirt and QEMU: Debian 12's (9.0, 7.2) or "
-                                 "bookworm-backports' (11.3, 10.0)")
+    run_parser.add_argument("--l1-kind", choices=list(lab.L1_KINDS), default="debian12",
+                            help="both L1s' libvirt and QEMU (lab.L1_KINDS): Debian 12's "
+                                 "(9.0, 7.2), 9.0 with QEMU 10.0, or bookworm-backports' "
+                                 "(11.3, 10.0)")
     table_parser = commands.add_parser("table", help="the result table of one or more runs")
     table_parser.add_argument("results", type=Path, nargs="+")
     args = parser.parse_args(argv)

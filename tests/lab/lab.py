@@ -7,7 +7,8 @@ bookworm-backports, extracted privately: the system's QEMU 7.2 is left alone) ru
 *L1 hosts*: Debian 12 VMs (q35, emulated ``intel-iommu,caching-mode=on``, ``intel_iommu=on``)
 with an ``igb`` PF on a pcie-root-port.  At boot each L1 creates ``numvfs`` VFs
 (``sriov_drivers_autoprobe=0``), enslaves the PF to a bridge ``br0`` and brings it up.  Inside
-L1, libvirt 9.0 + QEMU 7.2 (systemd as PID 1) run *L2 guests* (TCG in TCG) that get a VF.
+L1, libvirt 9.0 with QEMU 10.0 from bookworm-backports (systemd as PID 1; the image kinds
+are :data:`L1_KINDS`) run *L2 guests* (TCG in TCG) that get a VF.
 
 Artifacts, all cached under ``$VFMIGRATE_LAB_CACHE`` (default ``/var/cache/vfmigrate-lab``),
 each in a directory named after a hash of its inputs (package names + candidate versions +
@@ -16,7 +17,7 @@ the source of the function that builds it + the files it copies), rebuilt when t
 * :func:`outer_qemu` -> :class:`OuterQemu`  (``qemu-<key>/``, ~5 s cold)
 * :func:`backports_libvirt` -> :class:`BackportsLibvirt` (``libvirt-<key>/``, for the
   testbed's libvirt 11 hosts, tests/testbed/flavours.py; seconds)
-* :func:`l1_image`   -> :class:`L1Image`    (``l1-<key>/``: raw ext4 root, kernel, initrd,
+* :func:`l1_image`   -> :class:`L1Image`    (``l1-<kind>-<key>/``: raw ext4 root, kernel, initrd,
   ssh client key, known_hosts, manifest, L2 kernel + modules; ~2.5 min cold)
 * :func:`l2_assets`  -> :class:`L2Assets`   (``l2-<key>/``: L2 kernel + busybox initramfs;
   seconds)
@@ -35,10 +36,10 @@ mounted by the image's fstab, so the image is not rebuilt for them:
 Network of a two-host lab (all emulated, nothing leaves the machine):
 
 * control: QEMU user-net (``restrict=on``) with ``hostfwd`` 127.0.0.1:<port> -> L1:22; the
-  lab talks ssh with a key made at image build time (:meth:`L1Host.run`, :meth:`L1Host.put`).
+  lab talks ssh with a key made once (:func:`lab_keys`) (:meth:`L1Host.run`, :meth:`L1Host.put`).
 * ``mig``: virtio-net pair (QEMU ``dgram`` netdevs on 127.0.0.1), 192.0.2.<i>/24, host names
   ``lab-a``/``lab-b`` in /etc/hosts; libvirt between the hosts over ``qemu+ssh://`` (root's
-  key pair and the pinned host key are the image's own, shared by both L1s), QEMU's
+  key pair and the pinned host key are :func:`lab_keys`, the same in every L1 image), QEMU's
   migration stream on libvirt's native migration ports (49152+); no libvirtd TCP listener.
 * "physical" segment: the two igb PFs joined by a ``dgram`` pair; ``br0`` (PF enslaved) has
   198.51.100.<i>/24.  L2 guests use 198.51.100.10+.
@@ -64,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import gzip
 import hashlib
 import inspect
@@ -247,7 +249,7 @@ def _building(final: Path) -> Iterator[Path]:
 def _prune(prefix: str, keep: Path, keep_newest: int = 2) -> None:
     """Remove older cached builds of the same kind (``prefix-*``): all but ``keep`` and the
     newest others (a lab booted from one of those may still be running)."""
-    olds = sorted((p for p in CACHE.glob(f"{prefix}-*") if p.is_dir() and p != keep),
+    olds = sorted((p for p in CACHE.glob(f"{prefix}-{'?' * 16}") if p.is_dir() and p != keep),
                   key=lambda p: p.stat().st_mtime, reverse=True)
     for old in olds[keep_newest - 1:]:
         log.info("removing stale cache %s", old)
@@ -505,43 +507,74 @@ class L1Image:
     busybox = property(lambda self: self.dir / "busybox")
 
     @property
+    def kind(self) -> str:
+        """One of :data:`L1_KINDS`, from the directory's name ``l1-<kind>-<key>``."""
+        return self.dir.name[len("l1-"):-len("-0123456789abcdef")]
+
+    @property
     def kernel_version(self) -> str:
         return (self.dir / "kernel-version").read_text().strip()
 
 
-#: L1 libvirt kinds: ``system`` is Debian 12's libvirt 9.0 + QEMU 7.2; ``backports`` takes
-#: libvirt 11.3 + QEMU 10 from bookworm-backports (apt pinned to it for those packages only),
-#: everything else as in ``system``: a host of the newer kind, as Debian 13 ships libvirt
-#: (monolithic libvirtd: Debian builds no modular daemons).
-L1_LIBVIRT_KINDS = ("system", "backports")
-_BACKPORTS_PREFERENCES = """\
-Package: libvirt* qemu-* seabios
-Pin: release n=bookworm-backports
-Pin-Priority: 990
-"""
-#: packages whose backports version makes a ``backports`` L1 image a new one
+#: L1 image kinds: which packages come from bookworm-backports (apt pinned to it for those
+#: packages only); everything else is Debian 12 as shipped.
+L1_KINDS = {
+    # libvirt 9.0 + QEMU 7.2, all as shipped.  QEMU 7.2 under TCG loses pages a guest writes
+    # during a live migration (README.md, issue 13: upstream 03bfc2188f06, in QEMU 9.0), so
+    # the tier does not run guests on it.
+    "debian12": (),
+    # the tier's: Debian 12's libvirt 9.0 with QEMU 10.0 from bookworm-backports
+    "debian12-qemu10": ("qemu-*", "seabios"),
+    # libvirt 11.3 + QEMU 10.0 from bookworm-backports: a host of the newer kind, as Debian 13
+    # ships libvirt (monolithic libvirtd: Debian builds no modular daemons)
+    "backports": ("libvirt*", "qemu-*", "seabios"),
+}
+#: the kind a lab host boots unless told otherwise
+L1_KIND = "debian12-qemu10"
+#: AppArmor denials a kind of host logs as shipped, by the path denied.  libvirt 9.0's
+#: ``abstractions/libvirt-qemu`` predates QEMU 10 reading vm.max_map_count (libvirt 11.3's
+#: allows it); QEMU goes on without it, so these are no fault of the host or of vfmigrate.
+KNOWN_DENIALS = {"debian12-qemu10": ("/proc/sys/vm/max_map_count",)}
+#: packages whose backports version makes a pinned L1 image a new one
 _BACKPORTS_KEY_PACKAGES = ("libvirt-daemon-system", "libvirt-daemon-driver-qemu",
-                           "qemu-system-x86", "libvirt-clients")
+                           "qemu-system-x86", "libvirt-clients", "seabios")
 
 
-def l1_image(qemu: OuterQemu | None = None, libvirt: str = "system") -> L1Image:
-    """Build (or reuse) the L1 root image with mmdebstrap from the machine's apt source;
-    ``libvirt`` is one of :data:`L1_LIBVIRT_KINDS`.  A ``backports`` image carries the
-    ``system`` image's ssh keys, so that the two kinds' L1s log in to each other."""
-    if libvirt not in L1_LIBVIRT_KINDS:
-        raise LabError(f"unknown L1 libvirt kind {libvirt!r}: use one of {L1_LIBVIRT_KINDS}")
+def lab_keys() -> Path:
+    """The lab's ssh keys, made once: root's key pair and the L1 host key.  Every L1 image
+    carries the same ones, so that hosts of different kinds log in to each other."""
+    final = CACHE / "l1keys"
+    if (final / ".complete").exists():
+        return final
+    with _building(final) as tmp:
+        os.chmod(tmp, 0o700)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vfmigrate-lab",
+             "-f", tmp / "id_ed25519"])
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@lab",
+             "-f", tmp / "ssh_host_ed25519_key"])
+    return final
+
+
+def l1_image(qemu: OuterQemu | None = None, kind: str = L1_KIND) -> L1Image:
+    """Build (or reuse) the L1 root image of ``kind`` (one of :data:`L1_KINDS`) with
+    mmdebstrap from the machine's apt source."""
+    if kind not in L1_KINDS:
+        raise LabError(f"unknown L1 kind {kind!r}: use one of {', '.join(L1_KINDS)}")
     apt_ready()
+    keys = lab_keys()
+    pinned = L1_KINDS[kind]
     versions = candidate_versions(L1_PACKAGES)
-    base = None
-    if libvirt == "backports":
-        base = l1_image(qemu)
-        versions = {**versions, "base": base.dir.name,
-                    **{f"{p}/bpo": v for p, v in candidate_versions(
-                        _BACKPORTS_KEY_PACKAGES, OUTER_QEMU_RELEASE).items()}}
+    if pinned:
+        versions.update({f"{p}/bpo": v for p, v in candidate_versions(
+            [p for p in _BACKPORTS_KEY_PACKAGES if any(fnmatch.fnmatch(p, g) for g in pinned)],
+            OUTER_QEMU_RELEASE).items()})
+    preferences = (f"Package: {' '.join(pinned)}\nPin: release n={OUTER_QEMU_RELEASE}\n"
+                   "Pin-Priority: 990\n") if pinned else ""
     key = _hash(versions, inspect.getsource(l1_image), inspect.getsource(_customize_l1),
                 _FSTAB, _INIT_UNIT, _SSHD_CONF, L1_SSH_NAMES, L1_MASKED_UNITS, L1_IMAGE_SIZE,
-                _BACKPORTS_PREFERENCES if base else "")
-    final = CACHE / (f"l1-{key}" if base is None else f"l1bpo-{key}")
+                preferences, (keys / "id_ed25519.pub").read_text(),
+                (keys / "ssh_host_ed25519_key.pub").read_text())
+    final = CACHE / f"l1-{kind}-{key}"
     if (final / ".complete").exists():
         return L1Image(final)
     apt_install_l0(["mmdebstrap", "e2fsprogs", "openssh-client"])
@@ -550,8 +583,8 @@ def l1_image(qemu: OuterQemu | None = None, libvirt: str = "system") -> L1Image:
         root = tmp / "rootfs"
         sources: list[str | Path] = [HOST_SOURCES]
         hooks: list[str] = []
-        if base is not None:
-            (tmp / "backports.pref").write_text(_BACKPORTS_PREFERENCES)
+        if pinned:
+            (tmp / "backports.pref").write_text(preferences)
             sources.append(BACKPORTS_SOURCES)
             hooks = ['--setup-hook=mkdir -p "$1/etc/apt/preferences.d"',
                      f"--setup-hook=copy-in {tmp / 'backports.pref'} /etc/apt/preferences.d"]
@@ -564,16 +597,16 @@ def l1_image(qemu: OuterQemu | None = None, libvirt: str = "system") -> L1Image:
                  f"--include={','.join(L1_PACKAGES)}", *hooks,
                  "bookworm", root, *sources], timeout=1800)
         with phase("l1-customize"):
-            _customize_l1(root, tmp, keys_from=base)
+            _customize_l1(root, tmp, keys)
         with phase("l1-mkfs"):
             run(["mkfs.ext4", "-q", "-L", "l1root", "-E", "root_owner=0:0", "-d", root,
                  tmp / "root.raw", L1_IMAGE_SIZE], timeout=900)
         shutil.rmtree(root)
-    _prune("l1", final)
+    _prune(f"l1-{kind}", final)
     return L1Image(final)
 
 
-def _customize_l1(root: Path, out: Path, keys_from: L1Image | None = None) -> None:
+def _customize_l1(root: Path, out: Path, keys: Path) -> None:
     kver = sorted(p.name for p in (root / "lib/modules").iterdir())[-1]
     (out / "kernel-version").write_text(kver + "\n")
     shutil.copy2(root / f"boot/vmlinuz-{kver}", out / "vmlinuz")
@@ -607,17 +640,13 @@ def _customize_l1(root: Path, out: Path, keys_from: L1Image | None = None) -> No
     # root login with a key made now; pinned host key.  Both L1s boot from this image, so
     # they share the key pair and the host key: root on one L1 logs in to the other with it
     # (qemu+ssh:// migrations), the other's host key pinned by name and mig address.
-    if keys_from is None:
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vfmigrate-lab",
-             "-f", out / "id_ed25519"])
-    else:
-        for name in ("id_ed25519", "id_ed25519.pub"):
-            shutil.copy2(keys_from.dir / name, out / name)
-        for key in (root / "etc/ssh").glob("ssh_host_*"):
-            key.unlink()
-        for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
-            run(["debugfs", "-R", f"dump -p /etc/ssh/{name} {root / 'etc/ssh' / name}",
-                 keys_from.disk])
+    for name in ("id_ed25519", "id_ed25519.pub"):
+        shutil.copy2(keys / name, out / name)
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
+        shutil.copy2(keys / name, root / "etc/ssh" / name)
+    (root / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
     write("root/.ssh/authorized_keys", (out / "id_ed25519.pub").read_text(), 0o600)
     write("root/.ssh/id_ed25519", (out / "id_ed25519").read_text(), 0o600)
     write("root/.ssh/id_ed25519.pub", (out / "id_ed25519.pub").read_text(), 0o644)
@@ -1117,9 +1146,9 @@ def parse_l2_report(line: str) -> dict:
     for word in line.split()[1:]:
         k, _, v = word.partition("=")
         out[k] = v
-    out["ifaces"] = [dict(zip(("name", "driver", "mac", "state", "master"), i.split("/", 4)))
-                     for i in filter(None, out.get("ifaces", "").split(","))]
     # a line the console garbled (kernel messages written into it) keeps what it can parse
+    out["ifaces"] = [dict(zip(("name", "driver", "mac", "state", "master"), i.split("/", 4)))
+                     for i in out.get("ifaces", "").split(",") if i.count("/") == 4]
     out["ping"] = dict(p.rsplit(":", 1) for p in out.get("ping", "").split(",") if ":" in p)
     return out
 
@@ -1132,20 +1161,20 @@ class Lab:
     def __init__(self, nhosts: int = 2, *, workdir: Path | None = None,
                  payloads: Sequence[Path | None] = (), numvfs: int = 2, smp: int = 2,
                  cpu: str = L1_CPU, numa_nodes: Sequence[int] = (),
-                 libvirt: Sequence[str] = ()):
+                 kinds: Sequence[str] = ()):
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="vfmigrate-lab-"))
         with phase("cache-outer-qemu"):
             self.qemu = outer_qemu()
-        libvirt = list(libvirt) + ["system"] * nhosts
+        kinds = list(kinds) + [L1_KIND] * nhosts
         with phase("cache-l1-image"):
-            self.image = l1_image(self.qemu)
-            images = {kind: l1_image(self.qemu, kind) for kind in set(libvirt[:nhosts])}
+            images = {kind: l1_image(self.qemu, kind) for kind in set(kinds[:nhosts])}
+            self.image = images[kinds[0]]
         with phase("cache-l2-assets"):
             self.l2 = l2_assets(self.image)
         ports = Ports.pick()
         payloads = list(payloads) + [None] * nhosts
         numa_nodes = list(numa_nodes) + [1] * nhosts
-        self.hosts = [L1Host(i + 1, qemu=self.qemu, image=images[libvirt[i]], l2=self.l2,
+        self.hosts = [L1Host(i + 1, qemu=self.qemu, image=images[kinds[i]], l2=self.l2,
                              workdir=self.workdir, ports=ports, payload=payloads[i],
                              numvfs=numvfs, smp=smp, cpu=cpu, numa_nodes=numa_nodes[i])
                       for i in range(nhosts)]
@@ -1172,10 +1201,13 @@ class Lab:
                     except (BootTimeout, OuterQemuExited) as failed:
                         if attempt == attempts:
                             raise
-                        log.warning("%s: %s; booting it again", h.name, failed)
                         kind = "hung" if isinstance(failed, BootTimeout) else "qemu-exited"
+                        kept = h.workdir / f"console-boot{attempt}-{kind}.log"
+                        log.warning("%s: %s; booting it again (its console: %s)",
+                                    h.name, failed, kept)
                         TIMINGS[f"l1-boot-{kind}-{h.name}"] = attempt
                         h.stop()
+                        shutil.copy2(h.console_log, kept)   # the next boot overwrites it
                         h.start()
                 TIMINGS[f"l1-boot-{h.name}"] = round(waited, 1)
 

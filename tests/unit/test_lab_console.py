@@ -56,6 +56,18 @@ def test_a_report_line_the_console_garbled_keeps_what_it_can_parse():
     assert report["master"] == "eth0"
 
 
+def test_an_interface_entry_the_console_cut_short_is_left_out():
+    """Lab run of 2026-12-01 (second session): a failover guest's report, while it booted
+    on lab-a, held an interface entry without its master, and the readiness check stopped
+    on KeyError. The line was not kept; this one is made in that shape."""
+    line = ("LAB-L2 up=40.1 master=eth0 ifaces=eth0/virtio_net/52:54:00:10:00:02/up/-,"
+            "eth1/virtio_net/52:54:00:10:00:02/up/eth0,eth2/igbvf/52:54[   40.2] igbvf "
+            "0000:01:00.0: Link is Up ping=198.51.100.2:ok")
+    report = parse_l2_report(line)
+    assert [i["name"] for i in report["ifaces"]] == ["eth0", "eth1"]
+    assert all("master" in i for i in report["ifaces"])
+
+
 def test_a_guest_that_prints_only_soft_lockups_is_hung_once_its_reports_stop():
     """Recorded in a `.ci/run` on a clean clone, 2026-12-01: the failover guest, stuck in
     its kernel on arrival, printed a soft lockup every 28 s for 15 min and no report.
