@@ -553,21 +553,18 @@ def canonical_uuid(text: str) -> str:
 
 
 def _end_of_start_tag(data: bytes, start: int) -> int:
-    """Index just past the ``>`` closing the start tag that begins at ``start``: the
-    first ``>`` outside a quoted attribute value."""
-    position = start + 1
-    while True:
-        close = data.find(b">", position)
-        if close < 0:
-            raise BadDomainXML(problem="unterminated start tag")
-        quotes = [index for index in (data.find(b'"', position, close),
-                                      data.find(b"'", position, close)) if index >= 0]
-        if not quotes:
-            return close + 1
-        opening = min(quotes)
-        position = data.find(data[opening:opening + 1], opening + 1) + 1
-        if position == 0:
-            raise BadDomainXML(problem="unterminated start tag")
+    """Index just past the ``>`` closing the start tag that begins at ``start``."""
+    quote = 0
+    for index in range(start + 1, len(data)):
+        byte = data[index]
+        if quote:
+            if byte == quote:
+                quote = 0
+        elif byte in (0x22, 0x27):  # " or '
+            quote = byte
+        elif byte == 0x3E:  # >
+            return index + 1
+    raise BadDomainXML(problem="unterminated start tag")
 
 
 _SPACE = lexical.BYTES_SPACE
