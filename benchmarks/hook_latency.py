@@ -16,8 +16,9 @@ Prints p50/p95 over N runs of:
                NUMA selection beside the plain one)
   migrate 4 settings
                migrate begin for a 4-VF guest whose metadata records trust and a rate
-               per VF (issue 16): the hook imports pyroute2 and opens a netlink socket
-               per VF; the fake PFs have no netdev in this kernel, so the sets fail
+               per VF (issue 16): the hook opens a netlink socket per VF (its own
+               rtnetlink sender, vfmigrate.rtnl, not pyroute2); the fake PFs have no
+               netdev in this kernel, so the sets fail
                and the guest arrives without them (settings_parity = preferred): the
                figure is the import and lookup cost, not a driver's
   prepare/start/started/stopped/release 4
