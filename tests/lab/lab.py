@@ -520,7 +520,7 @@ class L1Image:
 #: packages only); everything else is Debian 12 as shipped.
 L1_KINDS = {
     # libvirt 9.0 + QEMU 7.2, all as shipped.  QEMU 7.2 under TCG loses pages a guest writes
-    # during a live migration (README.md, issue 13: upstream 03bfc2188f06, in QEMU 9.0), so
+    # during a live migration (tests/lab/README.md, issue 13: fixed upstream in QEMU 9.0), so
     # the tier does not run guests on it.
     "debian12": (),
     # the tier's: Debian 12's libvirt 9.0 with QEMU 10.0 from bookworm-backports
