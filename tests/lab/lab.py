@@ -546,6 +546,7 @@ def lab_keys() -> Path:
     final = CACHE / "l1keys"
     if (final / ".complete").exists():
         return final
+    apt_install_l0(["openssh-client"])
     with _building(final) as tmp:
         os.chmod(tmp, 0o700)
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vfmigrate-lab",
