@@ -540,6 +540,15 @@ _BACKPORTS_KEY_PACKAGES = ("libvirt-daemon-system", "libvirt-daemon-driver-qemu"
                            "qemu-system-x86", "libvirt-clients", "seabios")
 
 
+def remove_unnamed_l1_images() -> None:
+    """Remove L1 images cached under the names they had before they had kinds (``l1-<key>``,
+    ``l1bpo-<key>``): no code builds or boots them any more, and each holds gigabytes."""
+    for old in [*CACHE.glob(f"l1-{'?' * 16}"), *CACHE.glob(f"l1bpo-{'?' * 16}")]:
+        if old.is_dir():
+            log.info("removing an L1 image of the old naming: %s", old)
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def lab_keys() -> Path:
     """The lab's ssh keys, made once: root's key pair and the L1 host key.  Every L1 image
     carries the same ones, so that hosts of different kinds log in to each other."""
@@ -1168,6 +1177,7 @@ class Lab:
             self.qemu = outer_qemu()
         kinds = list(kinds) + [L1_KIND] * nhosts
         with phase("cache-l1-image"):
+            remove_unnamed_l1_images()
             images = {kind: l1_image(self.qemu, kind) for kind in set(kinds[:nhosts])}
             self.image = images[kinds[0]]
         with phase("cache-l2-assets"):
