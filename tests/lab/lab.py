@@ -1213,7 +1213,8 @@ class Lab:
                         if attempt == attempts:
                             raise
                         kind = "hung" if isinstance(failed, BootTimeout) else "qemu-exited"
-                        kept = h.workdir / f"console-boot{attempt}-{kind}.log"
+                        # beside the host's workdir, which its next start empties
+                        kept = h.workdir.parent / f"{h.name}-console-boot{attempt}-{kind}.log"
                         log.warning("%s: %s; booting it again (its console: %s)",
                                     h.name, failed, kept)
                         TIMINGS[f"l1-boot-{kind}-{h.name}"] = attempt
