@@ -210,13 +210,12 @@ class _Session:
         self.iproute = self.netlink.iproute_factory()
         try:
             indexes = self.iproute.link_lookup(ifname=name)
-        except BaseException:
+            if not indexes:
+                raise VFSettingError(what="settings", vf=vf.address, pf=vf.pf,
+                                     index=vf.index, problem=f"netdev {name} not found")
+        except BaseException:   # __exit__ runs only once __enter__ has returned
             self.iproute.close()
             raise
-        if not indexes:
-            self.iproute.close()
-            raise VFSettingError(what="settings", vf=vf.address, pf=vf.pf, index=vf.index,
-                                 problem=f"netdev {name} not found")
         return self.iproute, indexes[0]
 
     def __exit__(self, *exc_info: object) -> None:
