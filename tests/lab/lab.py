@@ -216,12 +216,18 @@ def run(argv: Sequence[str | os.PathLike], *, timeout: float = 600, check: bool 
     return proc
 
 
+#: hex digits of a cached artifact's key, the last part of its directory's name
+KEY_DIGITS = 16
+#: the glob of any key (cached directories are named ``<kind>-<key>``)
+ANY_KEY = "?" * KEY_DIGITS
+
+
 def _hash(*parts: object) -> str:
     h = hashlib.sha256()
     for p in parts:
         h.update(repr(p).encode())
         h.update(b"\0")
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:KEY_DIGITS]
 
 
 def _free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -249,7 +255,7 @@ def _building(final: Path) -> Iterator[Path]:
 def _prune(prefix: str, keep: Path, keep_newest: int = 2) -> None:
     """Remove older cached builds of the same kind (``prefix-*``): all but ``keep`` and the
     newest others (a lab booted from one of those may still be running)."""
-    olds = sorted((p for p in CACHE.glob(f"{prefix}-{'?' * 16}") if p.is_dir() and p != keep),
+    olds = sorted((p for p in CACHE.glob(f"{prefix}-{ANY_KEY}") if p.is_dir() and p != keep),
                   key=lambda p: p.stat().st_mtime, reverse=True)
     for old in olds[keep_newest - 1:]:
         log.info("removing stale cache %s", old)
@@ -509,7 +515,7 @@ class L1Image:
     @property
     def kind(self) -> str:
         """One of :data:`L1_KINDS`, from the directory's name ``l1-<kind>-<key>``."""
-        return self.dir.name[len("l1-"):-len("-0123456789abcdef")]
+        return self.dir.name[len("l1-"):-len("-" + ANY_KEY)]
 
     @property
     def kernel_version(self) -> str:
@@ -543,7 +549,7 @@ _BACKPORTS_KEY_PACKAGES = ("libvirt-daemon-system", "libvirt-daemon-driver-qemu"
 def remove_unnamed_l1_images() -> None:
     """Remove L1 images cached under the names they had before they had kinds (``l1-<key>``,
     ``l1bpo-<key>``): no code builds or boots them any more, and each holds gigabytes."""
-    for old in [*CACHE.glob(f"l1-{'?' * 16}"), *CACHE.glob(f"l1bpo-{'?' * 16}")]:
+    for old in [*CACHE.glob(f"l1-{ANY_KEY}"), *CACHE.glob(f"l1bpo-{ANY_KEY}")]:
         if old.is_dir():
             log.info("removing an L1 image of the old naming: %s", old)
             shutil.rmtree(old, ignore_errors=True)
