@@ -1,13 +1,13 @@
-"""End-to-end tier: vfmigrate on real libvirtd hosts (tests/testbed), real QEMU
-(TCG) and real ``virsh migrate --live``.  Needs root.
+"""End-to-end tier: vfmigrate on real libvirt hosts (tests/testbed), real QEMU (TCG) and real
+``virsh migrate --live``.  Needs root.
 
-Every test runs once per libvirt flavour (``$VFMIGRATE_TEST_LIBVIRT``, default all:
-the system's libvirt 9.0 + QEMU 7.2, and libvirt 11 + QEMU 10 from bookworm-backports);
-tests marked ``between_versions`` (a guest moving, refused or rolled back: where one
-version meets the other's XML and migration stream) also run between hosts of different
-flavours, in both directions.
-A test's id names its flavours (``system``, ``backports``, ``system-to-backports``), and
-the cost summary prints the versions.
+Every test runs once per libvirt flavour (``$VFMIGRATE_TEST_LIBVIRT``, default all: the
+system's libvirt 9.0 + QEMU 7.2 with libvirtd; libvirt 11.3 + QEMU 10 from bookworm-backports
+with libvirtd, and with the modular daemons); tests marked ``between_versions`` (a guest
+moving, refused or rolled back: where one version meets the other's XML and migration
+stream) also run between the system's flavour and each other one, in both directions.
+A test's id names its flavours (``system``, ``modular``, ``system-to-backports``), and
+the cost summary prints the versions and daemons.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import signal
 import pytest
 
 from tests.testbed.fixtures import linux_guest_image  # noqa: F401  (a session fixture)
-from tests.testbed.flavours import flavours_to_test
+from tests.testbed.flavours import BASELINE_FLAVOUR, flavours_to_test
 
 from .vfhosts import libvirt_flavours, vf_testbed
 
@@ -26,8 +26,10 @@ def libvirt_setups(between_versions: bool) -> list[tuple[str, str]]:
     """(flavour of host a, flavour of host b) for each run of a test."""
     names = flavours_to_test()
     setups = [(name, name) for name in names]
-    if between_versions:
-        setups += [(a, b) for a in names for b in names if a != b]
+    if between_versions and BASELINE_FLAVOUR in names:
+        for other in names:
+            if other != BASELINE_FLAVOUR:
+                setups += [(BASELINE_FLAVOUR, other), (other, BASELINE_FLAVOUR)]
     return setups
 
 

@@ -33,12 +33,12 @@ def start_linux_guest(source, image, testbed, name="lin"):
     return name
 
 
-def migrate_in_background(source, destination, name):
+def migrate_in_background(source, destination, name, bandwidth=BANDWIDTH_MIB_S):
     outcome = {}
 
     def run():
         outcome["result"] = source.host.migrate(name, destination.host, "--bandwidth",
-                                                BANDWIDTH_MIB_S, check=False, timeout=180)
+                                                bandwidth, check=False, timeout=180)
 
     thread = threading.Thread(target=run, name="migration")
     thread.start()
@@ -97,6 +97,23 @@ def test_destination_libvirtd_killed_mid_migration(lab_hosts, linux_guest_image)
     assert outcome["result"].completed.returncode != 0
     b.host.restart_libvirtd()
     assert assert_consistent(lab_hosts, name) is a
+
+
+def test_source_daemon_restarted_mid_migration(lab_hosts, linux_guest_image):
+    """An admin restarts libvirt's daemon (virtqemud, or libvirtd) on the source while a guest
+    is leaving: libvirt cancels the migration when it comes back, and the guest runs on there
+    with its VF. The source's listener reconnects; the destination keeps no claim."""
+    a, b = lab_hosts
+    name = start_linux_guest(a, linux_guest_image, lab_hosts.testbed)
+    thread, outcome = migrate_in_background(a, b, name, bandwidth="2")  # ~35 s of transfer
+    wait_for_transfer(b, name)
+    a.host.restart_libvirtd()
+    thread.join(180)
+    assert outcome["result"].completed.returncode != 0
+    assert assert_consistent(lab_hosts, name) is a
+    wait_until(lambda: sum(1 for e in a.journal() if e["MESSAGE"].startswith("connected to"))
+               >= 2, 60, "the source's listener to reconnect")
+    assert a.listener.poll() is None
 
 
 def test_destination_qemu_killed_mid_migration(lab_hosts, linux_guest_image):

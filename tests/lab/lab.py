@@ -17,6 +17,8 @@ the source of the function that builds it + the files it copies), rebuilt when t
 * :func:`outer_qemu` -> :class:`OuterQemu`  (``qemu-<key>/``, ~5 s cold)
 * :func:`backports_libvirt` -> :class:`BackportsLibvirt` (``libvirt-<key>/``, for the
   testbed's libvirt 11 hosts, tests/testbed/flavours.py; seconds)
+* :func:`modular_daemons` -> :class:`ModularDaemons` (``modular-<key>/``: virtqemud & co.
+  built from the same libvirt's source, for the testbed's modular hosts; ~1.5 min cold)
 * :func:`l1_image`   -> :class:`L1Image`    (``l1-<kind>-<key>/``: raw ext4 root, kernel, initrd,
   ssh client key, known_hosts, manifest, L2 kernel + modules; ~2.5 min cold)
 * :func:`l2_assets`  -> :class:`L2Assets`   (``l2-<key>/``: L2 kernel + busybox initramfs;
@@ -81,6 +83,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -448,6 +451,130 @@ def backports_libvirt() -> BackportsLibvirt:
     return BackportsLibvirt(final)
 
 
+# --------------------------------------------------------------------------- modular daemons
+#: sha256 of the upstream source of each libvirt version bookworm-backports has carried
+#: (its ``libvirt_<version>.orig.tar.xz``, as listed in the suite's Sources index): the
+#: modular daemons are built from exactly the source Debian's packages were built from.
+LIBVIRT_SOURCE_SHA256 = {
+    "11.3.0": "6bcb0c42c4580436fea262ced56f68a6afe20f7390b1bea2116718cc034a0283",
+}
+#: The modular daemons a libvirt host needs for vfmigrate, the one that runs QEMU first:
+#: virtqemud (guests, hooks), virtproxyd (remote clients, ``qemu+tcp://``), virtnodedevd
+#: (``listAllDevices``: ``vfmigrate check``), virtnetworkd (``listAllNetworks``).
+MODULAR_DAEMONS = ("virtqemud", "virtproxyd", "virtnodedevd", "virtnetworkd")
+MODULAR_BUILD_PACKAGES = (
+    "meson", "ninja-build", "gcc", "pkg-config", "patchelf", "xsltproc", "libxml2-utils",
+    "python3-docutils", "libxml2-dev", "libglib2.0-dev", "libgnutls28-dev", "libtirpc-dev",
+    "libnl-3-dev", "libnl-route-3-dev", "libudev-dev", "libpciaccess-dev", "libjson-c-dev",
+    "libapparmor-dev", "libselinux1-dev", "libcap-ng-dev", "libnuma-dev", "libdevmapper-dev",
+    "libacl1-dev", "libattr1-dev", "libaudit-dev", "libblkid-dev", "libsasl2-dev",
+)
+#: Debian's paths and QEMU account; only the drivers the daemons above are built for.
+MODULAR_MESON_OPTIONS = (
+    "-Dsystem=true", "--libdir=lib/x86_64-linux-gnu", "--libexecdir=lib/libvirt",
+    "-Ddocs=disabled", "-Dtests=disabled", "-Dnls=disabled", "-Dinit_script=systemd",
+    "-Ddriver_qemu=enabled", "-Ddriver_network=enabled", "-Ddriver_remote=enabled",
+    "-Ddriver_libvirtd=enabled", "-Dudev=enabled", "-Dlibnl=enabled", "-Dpciaccess=enabled",
+    "-Djson_c=enabled", "-Dapparmor=enabled", "-Dsecdriver_apparmor=enabled",
+    "-Dapparmor_profiles=enabled", "-Dselinux=enabled", "-Dfirewalld=disabled",
+    "-Dqemu_user=libvirt-qemu", "-Dqemu_group=libvirt-qemu",
+    *(f"-Ddriver_{driver}=disabled" for driver in (
+        "lxc", "vbox", "libxl", "ch", "esx", "hyperv", "openvz", "vmware", "vz", "bhyve")),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModularDaemons:
+    """bookworm-backports' libvirt with its modular daemons: ``root/usr/sbin`` holds
+    :data:`MODULAR_DAEMONS`, ``root/usr/lib/systemd/system`` their units and sockets, and
+    ``root/etc/apparmor.d`` virtqemud's profile, all of the same source; laid over
+    :class:`BackportsLibvirt` (or installed over its packages), whose libraries and driver
+    modules they load."""
+    root: Path
+
+    @property
+    def sbin(self) -> Path:
+        return self.root / "usr/sbin"
+
+    @property
+    def units(self) -> Path:
+        return self.root / "usr/lib/systemd/system"
+
+    @property
+    def apparmor(self) -> Path:
+        return self.root / "etc/apparmor.d"
+
+
+def modular_daemons() -> ModularDaemons:
+    """Build :data:`MODULAR_DAEMONS` from the source of bookworm-backports' libvirt
+    (Debian builds libvirt with the monolithic libvirtd only), ~1 min on two cores, cached.
+
+    A daemon is the RPC front end of the driver modules it loads, so these, run over
+    :func:`backports_libvirt`'s libraries and modules, are that libvirt with its modular
+    daemons enabled, as Fedora and RHEL run it."""
+    libvirt = backports_libvirt()
+    version = libvirt.versions()["libvirt-daemon"].split("-")[0]
+    if version not in LIBVIRT_SOURCE_SHA256:
+        raise LabError(f"bookworm-backports now has libvirt {version}: add the sha256 of "
+                       f"libvirt_{version}.orig.tar.xz (the suite's Sources index lists it) to "
+                       "lab.LIBVIRT_SOURCE_SHA256")
+    key = _hash(version, LIBVIRT_SOURCE_SHA256[version], MODULAR_DAEMONS, MODULAR_MESON_OPTIONS,
+                inspect.getsource(modular_daemons))
+    final = CACHE / f"modular-{key}"
+    if not (final / ".complete").exists():
+        with phase("modular-daemons-build"), _building(final) as tmp:
+            apt_install_l0(MODULAR_BUILD_PACKAGES)
+            tarball = tmp / f"libvirt_{version}.orig.tar.xz"
+            _download(f"{_debian_mirror()}/pool/main/libv/libvirt/{tarball.name}", tarball,
+                      LIBVIRT_SOURCE_SHA256[version])
+            run(["tar", "-xf", tarball, "-C", tmp], timeout=300)
+            source, build = tmp / f"libvirt-{version}", tmp / "build"
+            run(["meson", "setup", build, source, *MODULAR_MESON_OPTIONS], timeout=600)
+            run(["ninja", "-C", build, *(f"src/{daemon}" for daemon in MODULAR_DAEMONS)],
+                timeout=3600)
+            (tmp / "usr/sbin").mkdir(parents=True)
+            (tmp / "usr/lib/systemd/system").mkdir(parents=True)
+            for daemon in MODULAR_DAEMONS:
+                shutil.copy2(build / "src" / daemon, tmp / "usr/sbin" / daemon)
+                # built to run from the build tree ($ORIGIN/); installed, it uses the system's
+                run(["patchelf", "--remove-rpath", tmp / "usr/sbin" / daemon])
+                for unit in (f"{daemon}.service", f"{daemon}.socket", f"{daemon}-ro.socket",
+                             f"{daemon}-admin.socket"):
+                    shutil.copy2(build / "src" / unit, tmp / "usr/lib/systemd/system" / unit)
+            (tmp / "etc/apparmor.d").mkdir(parents=True)
+            shutil.copy2(build / "src/security/apparmor/usr.sbin.virtqemud",
+                         tmp / "etc/apparmor.d/usr.sbin.virtqemud")
+            shutil.rmtree(source)
+            shutil.rmtree(build)
+            tarball.unlink()
+            libraries = {"LD_LIBRARY_PATH": str(libvirt.root / "usr/lib/x86_64-linux-gnu")}
+            answered = run([tmp / "usr/sbin/virtqemud", "--version"],
+                           env={**os.environ, **libraries}).stdout
+            if version not in answered:
+                raise LabError(f"the virtqemud built from libvirt {version} says {answered!r}")
+        _prune("modular", final)
+    return ModularDaemons(final)
+
+
+def _debian_mirror() -> str:
+    """The machine's Debian mirror (the first ``URIs:`` of its deb822 source)."""
+    for line in HOST_SOURCES.read_text().splitlines():
+        if line.startswith("URIs:"):
+            return line.split()[1].rstrip("/")
+    raise LabError(f"{HOST_SOURCES} names no mirror (no 'URIs:' line)")
+
+
+def _download(url: str, destination: Path, sha256: str) -> None:
+    """Fetch ``url`` into ``destination``; fail unless its content has the ``sha256``."""
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=120) as response, destination.open("wb") as out:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != sha256:
+        raise LabError(f"{url} has sha256 {digest.hexdigest()}, not the pinned {sha256}")
+
+
 # --------------------------------------------------------------------------- L1 image
 L1_PACKAGES = (
     "linux-image-amd64", "systemd", "systemd-sysv", "udev", "kmod", "dbus",
@@ -478,7 +605,7 @@ Description=vfmigrate lab: network, VFs, payload .debs (script on the 9p share)
 Documentation=file:///mnt/lab/lab-init
 RequiresMountsFor=/mnt/lab /mnt/l2 /mnt/payload
 After=systemd-modules-load.service systemd-udev-settle.service
-Before=libvirtd.service ssh.service network-online.target
+Before=libvirtd.service virtqemud.service ssh.service network-online.target
 Wants=network-online.target
 
 [Service]
@@ -518,6 +645,11 @@ class L1Image:
         return self.dir.name[len("l1-"):-len("-" + ANY_KEY)]
 
     @property
+    def qemu_daemon(self) -> str:
+        """The daemon that runs QEMU and the hooks, and its AppArmor profile's name."""
+        return MODULAR_DAEMONS[0] if self.kind in MODULAR_KINDS else "libvirtd"
+
+    @property
     def kernel_version(self) -> str:
         return (self.dir / "kernel-version").read_text().strip()
 
@@ -534,7 +666,12 @@ L1_KINDS = {
     # libvirt 11.3 + QEMU 10.0 from bookworm-backports: a host of the newer kind, as Debian 13
     # ships libvirt (monolithic libvirtd: Debian builds no modular daemons)
     "backports": ("libvirt*", "qemu-*", "seabios"),
+    # the same with the modular daemons (:func:`modular_daemons`) as Fedora and RHEL run
+    # them: virtqemud.service and the daemons' sockets enabled, libvirtd disabled
+    "backports-modular": ("libvirt*", "qemu-*", "seabios"),
 }
+#: kinds whose libvirt runs the modular daemons
+MODULAR_KINDS = ("backports-modular",)
 #: the kind a lab host boots unless told otherwise
 L1_KIND = "debian12-qemu10"
 #: AppArmor denials a kind of host logs as shipped, by the path denied.  libvirt 9.0's
@@ -586,7 +723,9 @@ def l1_image(qemu: OuterQemu | None = None, kind: str = L1_KIND) -> L1Image:
             OUTER_QEMU_RELEASE).items()})
     preferences = (f"Package: {' '.join(pinned)}\nPin: release n={OUTER_QEMU_RELEASE}\n"
                    "Pin-Priority: 990\n") if pinned else ""
-    key = _hash(versions, inspect.getsource(l1_image), inspect.getsource(_customize_l1),
+    modular = modular_daemons() if kind in MODULAR_KINDS else None
+    key = _hash(versions, modular and modular.root.name,
+                inspect.getsource(l1_image), inspect.getsource(_customize_l1),
                 _FSTAB, _INIT_UNIT, _SSHD_CONF, L1_SSH_NAMES, L1_MASKED_UNITS, L1_IMAGE_SIZE,
                 preferences, (keys / "id_ed25519.pub").read_text(),
                 (keys / "ssh_host_ed25519_key.pub").read_text())
@@ -613,7 +752,7 @@ def l1_image(qemu: OuterQemu | None = None, kind: str = L1_KIND) -> L1Image:
                  f"--include={','.join(L1_PACKAGES)}", *hooks,
                  "bookworm", root, *sources], timeout=1800)
         with phase("l1-customize"):
-            _customize_l1(root, tmp, keys)
+            _customize_l1(root, tmp, keys, modular)
         with phase("l1-mkfs"):
             run(["mkfs.ext4", "-q", "-L", "l1root", "-E", "root_owner=0:0", "-d", root,
                  tmp / "root.raw", L1_IMAGE_SIZE], timeout=900)
@@ -622,7 +761,7 @@ def l1_image(qemu: OuterQemu | None = None, kind: str = L1_KIND) -> L1Image:
     return L1Image(final)
 
 
-def _customize_l1(root: Path, out: Path, keys: Path) -> None:
+def _customize_l1(root: Path, out: Path, keys: Path, modular: ModularDaemons | None) -> None:
     kver = sorted(p.name for p in (root / "lib/modules").iterdir())[-1]
     (out / "kernel-version").write_text(kver + "\n")
     shutil.copy2(root / f"boot/vmlinuz-{kver}", out / "vmlinuz")
@@ -672,7 +811,19 @@ def _customize_l1(root: Path, out: Path, keys: Path) -> None:
     write("root/.ssh/known_hosts", f"{L1_SSH_NAMES} {hostkey[0]} {hostkey[1]}\n", 0o644)
     run(["chroot", root, "passwd", "-d", "root"])  # console login for debugging
     run(["systemctl", f"--root={root}", "enable", "vfmigrate-lab-init.service",
-         "libvirtd.service", "ssh.service", "apparmor.service"])
+         "ssh.service", "apparmor.service"])
+    if modular is None:
+        run(["systemctl", f"--root={root}", "enable", "libvirtd.service"])
+    else:
+        for source, target in ((modular.sbin, "usr/sbin"), (modular.units, "usr/lib/systemd/system"),
+                               (modular.apparmor, "etc/apparmor.d")):
+            for path in source.iterdir():
+                shutil.copy2(path, root / target / path.name)
+        run(["systemctl", f"--root={root}", "disable", "libvirtd.service", "libvirtd.socket",
+             "libvirtd-ro.socket", "libvirtd-admin.socket"])
+        # virtqemud.service also enables its sockets (Also=), the others start on a connection
+        run(["systemctl", f"--root={root}", "enable", f"{MODULAR_DAEMONS[0]}.service",
+             *(f"{daemon}.socket" for daemon in MODULAR_DAEMONS[1:])])
     run(["systemctl", f"--root={root}", "mask", *L1_MASKED_UNITS])
     run(["systemctl", f"--root={root}", "set-default", "multi-user.target"])
     # the L2 guest's modules come from the same kernel (see l2_assets)

@@ -75,7 +75,6 @@ def apparmor_denials(host) -> list[str]:
             if 'apparmor="DENIED"' in _message(entry)]
 
 
-LIBVIRTD_PROFILE = "libvirtd"    # /etc/apparmor.d/usr.sbin.libvirtd: profile libvirtd …
 LIBVIRTD_PROFILE_FILE = "/etc/apparmor.d/usr.sbin.libvirtd"
 LIBVIRTD_PROFILE_LOCAL = "/etc/apparmor.d/local/usr.sbin.libvirtd"
 HOOK = "/etc/libvirt/hooks/qemu.d/vfmigrate"             # the package's enabled copy
@@ -106,16 +105,18 @@ def known_denial(host: lab.L1Host, line: str) -> bool:
 
 def assert_stock_libvirt(*hosts, allowed_denial=lambda line: False) -> None:
     """Each host is a stock confined libvirt host, and was since :func:`mark_journal`:
-    libvirtd's AppArmor profile loaded in enforce mode and the running daemon under it;
+    the AppArmor profile of its QEMU daemon (libvirtd or virtqemud) loaded in enforce mode
+    and the running daemon under it;
     every running guest's QEMU runs as ``libvirt-qemu`` under its own enforcing
     ``libvirt-<uuid>`` profile; not one ``apparmor="DENIED"`` in the kernel log (but
     those ``allowed_denial(line)`` accepts, and a guest's QEMU denied a path its host's
     kind is known to deny, ``lab.KNOWN_DENIALS``)."""
     for host in hosts:
         modes = profile_modes(host)
-        assert modes.get(LIBVIRTD_PROFILE) == "enforce", (host.name, modes)
-        pid = host.run(["systemctl", "show", "-P", "MainPID", "libvirtd"]).stdout.strip()
-        assert process_confinement(host, pid)[1] == f"{LIBVIRTD_PROFILE} (enforce)", \
+        daemon = host.image.qemu_daemon   # its profile has its name
+        assert modes.get(daemon) == "enforce", (host.name, modes)
+        pid = host.run(["systemctl", "show", "-P", "MainPID", daemon]).stdout.strip()
+        assert process_confinement(host, pid)[1] == f"{daemon} (enforce)", \
             (host.name, process_confinement(host, pid))
         for guest in host.virsh("list", "--name").stdout.split():
             uuid = host.virsh("domuuid", guest).stdout.strip()

@@ -2,7 +2,10 @@
 
 Two L1 hosts (lab-a, lab-b; see lab.py) boot with vfmigrate installed from the
 .deb this tree builds (the payload share: the cached image is not rebuilt),
-each with 2 VFs of its igb PF on network ``physnet1``.  lab-b denies its first
+each with 2 VFs of its igb PF on network ``physnet1``.  They run different libvirts
+(:data:`TIER_KINDS`): lab-a Debian 12's 9.0 with its monolithic libvirtd, lab-b 11.3 with
+the modular daemons (virtqemud), so every guest that moves crosses versions and daemon
+layouts, both ways.  lab-b denies its first
 VF, so a guest holding lab-a's first VF must land on a *different* address.
 Everything inside L1 is what an admin runs: ``virsh migrate --live`` with no
 extra flags, ``vfmigrate migrate``, the packaged listener and hook.
@@ -37,12 +40,14 @@ from .scenario import (FO_MAC, HFO_MAC, HOOK, HOOK_STAGING, LAB_A, LAB_B,
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
 FIGURES: dict[str, float] = {}
+#: lab-a's and lab-b's kinds of L1 image (lab.L1_KINDS)
+TIER_KINDS = (lab.L1_KIND, "backports-modular")
 
 
 @pytest.fixture(scope="module")
 def hosts(built_deb, tmp_path_factory, figures):
     started = time.monotonic()
-    with vfmigrate_lab(built_deb, tmp_path_factory.mktemp("lab")) as (a, b):
+    with vfmigrate_lab(built_deb, tmp_path_factory.mktemp("lab"), kinds=TIER_KINDS) as (a, b):
         FIGURES["L1 hosts booted and configured (s)"] = time.monotonic() - started
         for what, boots in lab.TIMINGS.items():
             if what.startswith(("l1-boot-hung-", "l1-boot-qemu-exited-")):
@@ -228,6 +233,17 @@ def teamed_plain_hostdev_gets_its_mac_on_the_destination(a, b):
     assert "link/ether " + HFO_MAC in vf_settings(b, 1)
     assert [e["VFMIGRATE_VF"] for e in journal(b, "configured")] == [b.vfs[1]]
     lab.wait(lambda: claims(a) == [], 120, "lab-a to release its VF")
+
+    # and back, from lab-b's virtqemud to lab-a's libvirtd, onto a VF lab-a picks
+    started = time.monotonic()
+    b.virsh("migrate", "--live", "hfo", URI_A, timeout=1200)
+    vf = hostdev_source(a, "hfo")
+    assert vf in a.vfs, (vf, a.vfs)
+    next_report(a, "hfo", lambda r: failover_up(r, LAB_B, HFO_MAC), 900)
+    FIGURES["hfo: migration back to ping through lab-a's VF (s)"] = time.monotonic() - started
+    assert "link/ether " + HFO_MAC in vf_settings(a, a.vfs.index(vf))
+    assert claims(a) == [("hfo", vf, "active")]
+    lab.wait(lambda: claims(b) == [], 120, "lab-b to release its VF")
 
 
 def test_vf_without_teaming_moves_with_vfmigrate_migrate(hosts):

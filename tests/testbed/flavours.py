@@ -6,6 +6,10 @@
   /usr inside the host's own mount namespace only; the machine's libvirt is left alone.
   Debian builds libvirt without the modular daemons, so this host runs a monolithic libvirtd
   too (as Debian 13 and Ubuntu ship it).
+* ``modular``: the same libvirt 11 and QEMU 10 with the modular daemons, as Fedora and RHEL
+  run them: ``virtqemud`` runs QEMU and the hooks, ``virtproxyd`` serves remote clients,
+  ``virtnodedevd`` and ``virtnetworkd`` what ``qemu:///system`` forwards to them; no libvirtd.
+  The daemons are built from that libvirt's own source (lab.py :func:`modular_daemons`).
 
 Hosts of one testbed may run different flavours: that is how migrations between libvirt
 versions are tested.
@@ -27,7 +31,9 @@ LIBVIRT_MODULES = Path("/usr/lib/x86_64-linux-gnu/libvirt")
 QEMU_MODULES = Path("/usr/lib/x86_64-linux-gnu/qemu")
 #: Environment variable naming the flavours the e2e tier runs (comma separated).
 FLAVOURS_ENV = "VFMIGRATE_TEST_LIBVIRT"
-FLAVOUR_NAMES = ("system", "backports")
+FLAVOUR_NAMES = ("system", "backports", "modular")
+#: The flavour that every other one also meets in the tier's tests between versions.
+BASELINE_FLAVOUR = "system"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +47,10 @@ class LibvirtFlavour:
     private_dirs: tuple[tuple[Path, Path], ...] = ()
     libvirt_version: str = ""
     qemu_version: str = ""
+    #: The daemon that runs QEMU and the qemu hooks: libvirtd, or virtqemud with modular daemons.
+    qemu_daemon: str = "libvirtd"
+    #: Modular daemons started before it, which it or its clients need.
+    helper_daemons: tuple[str, ...] = ()
 
     @property
     def short(self) -> str:
@@ -49,7 +59,9 @@ class LibvirtFlavour:
 
     @property
     def label(self) -> str:
-        return f"libvirt {self.libvirt_version} + QEMU {self.qemu_version}, libvirtd"
+        daemons = (self.qemu_daemon if not self.helper_daemons
+                   else f"modular daemons ({', '.join((self.qemu_daemon, *self.helper_daemons))})")
+        return f"libvirt {self.libvirt_version} + QEMU {self.qemu_version}, {daemons}"
 
     def mount_commands(self) -> list[list[str]]:
         """The mounts, run inside the host's mount namespace, that make it this flavour."""
@@ -96,11 +108,25 @@ def backports_flavour() -> LibvirtFlavour:
     )
 
 
+@functools.cache
+def modular_flavour() -> LibvirtFlavour:
+    """:func:`backports_flavour` with the modular daemons (built and cached on first use)."""
+    from tests.lab import lab
+
+    daemons = lab.modular_daemons()
+    backports = backports_flavour()
+    return dataclasses.replace(
+        backports, name="modular", usr_layers=(daemons.root, *backports.usr_layers),
+        qemu_daemon=lab.MODULAR_DAEMONS[0], helper_daemons=lab.MODULAR_DAEMONS[1:])
+
+
 def flavour(name: str) -> LibvirtFlavour:
     if name == "system":
         return system_flavour()
     if name == "backports":
         return backports_flavour()
+    if name == "modular":
+        return modular_flavour()
     raise ValueError(f"unknown libvirt flavour {name!r}: use one of {', '.join(FLAVOUR_NAMES)}")
 
 

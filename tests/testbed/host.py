@@ -11,7 +11,9 @@ A :class:`Host` is created and started by :class:`~.testbed.Testbed`; tests use 
 * ``uri`` (qemu+tcp, reachable from any host's namespaces) and ``local_uri`` (qemu+unix
   through the host's socket on the real filesystem, usable from the test process itself);
 * lifecycle controls for fault tests: ``libvirtd_pid``, ``kill_libvirtd()``,
-  ``restart_libvirtd()``, ``qemu_pids()``;
+  ``restart_libvirtd()``, ``qemu_pids()``; "libvirtd" there is the daemon that runs QEMU
+  and the hooks (``qemu_daemon``): virtqemud on a host of modular daemons, whose other
+  daemons (``helper_daemons``) start with it the first time and then keep running;
 * ``journal_json()`` when the host runs its own systemd-journald.
 
 Inside a host every process sees per-host directories bind-mounted over the paths in
@@ -81,9 +83,7 @@ GUEST_BRIDGE_ADDRESS = "192.0.2.129/25"
 #: Hosts get 192.0.2.1, .2, ... on the inter-host segment.
 HOST_PREFIX_LENGTH = 25
 
-LIBVIRTD = "/usr/sbin/libvirtd"
 JOURNALD = "/lib/systemd/systemd-journald"
-LIBVIRTD_PID_FILE = "/run/libvirt/libvirtd.pid"
 REAPER = Path(__file__).with_name("reaper.py")
 
 QEMU_CONF_BASE: dict[str, object] = {
@@ -145,6 +145,9 @@ class Host:
         self.name = name
         #: The libvirt and QEMU this host runs (None: the system's, not looked at).
         self.flavour = flavour
+        #: The daemon that runs QEMU and the hooks, and the modular daemons it needs beside it.
+        self.qemu_daemon = flavour.qemu_daemon if flavour else "libvirtd"
+        self.helper_daemons = flavour.helper_daemons if flavour else ()
         #: Machine type given to ``q35`` guests (see :meth:`create_domain`); None: as written.
         self.guest_machine: str | None = None
         self.index = index
@@ -170,8 +173,8 @@ class Host:
         self.state_dir = directory / "var-lib-vfmigrate"
         self.journal_dir = directory / "run-log-journal"
         self.journal_socket_dir = directory / "run-systemd-journal"
-        self.libvirtd_log = self.log_dir / "libvirtd.log"
-        self.libvirtd_output = directory / "libvirtd.out"
+        self.libvirtd_log = self.log_dir / f"{self.qemu_daemon}.log"
+        self.libvirtd_output = directory / f"{self.qemu_daemon}.out"
         self.journald_output = directory / "journald.out"
         self.local_uri = f"qemu+unix:///system?socket={self.run_libvirt / 'libvirt-sock'}"
 
@@ -181,6 +184,7 @@ class Host:
         self._reapers: list[subprocess.Popen[bytes]] = []
         self._libvirtd_pid: int | None = None
         self._libvirtd_starts = 0
+        self._helper_pids: dict[str, int] = {}
         self._journald: subprocess.Popen[bytes] | None = None
         self._processes: list[subprocess.Popen[Any]] = []
         self._hook_present_at_libvirtd_start = False
@@ -225,7 +229,7 @@ class Host:
         pids = [handle.pid for handle in handles if handle is not None]
         if self._libvirtd_pid is not None:
             pids.append(self._libvirtd_pid)
-        return pids
+        return pids + list(self._helper_pids.values())
 
     # ------------------------------------------------------------------ creation
 
@@ -238,7 +242,9 @@ class Host:
         (self.hooks_dir / "qemu.d").mkdir(parents=True, exist_ok=True)
         (self.log_dir / "qemu").mkdir(exist_ok=True)
         (self.directory / "machine-id").write_text(self.machine_id + "\n")
-        (self.etc_libvirt / "libvirtd.conf").write_text(render_libvirt_conf(self._libvirtd_conf()))
+        for daemon in (self.qemu_daemon, *self.helper_daemons):
+            (self.etc_libvirt / f"{daemon}.conf").write_text(
+                render_libvirt_conf(self._daemon_conf(daemon)))
         (self.etc_libvirt / "qemu.conf").write_text(render_libvirt_conf(self._qemu_conf()))
 
     def _copy_system_libvirt_config(self) -> None:
@@ -258,7 +264,8 @@ class Host:
             shutil.rmtree(self.etc_libvirt)
         shutil.copytree("/etc/libvirt", self.etc_libvirt, symlinks=True, ignore=ignore)
 
-    def _libvirtd_conf(self) -> dict[str, object]:
+    def _daemon_conf(self, daemon: str) -> dict[str, object]:
+        """``<daemon>.conf``: the listener settings are read by listening daemons only."""
         settings: dict[str, object] = {
             "listen_tls": 0,
             "listen_tcp": 1,
@@ -268,7 +275,7 @@ class Host:
             "auth_unix_ro": "none",
             "host_uuid": self.host_uuid,
             "log_filters": "1:util.hook 3:*",
-            "log_outputs": "3:file:/var/log/libvirt/libvirtd.log",
+            "log_outputs": f"3:file:/var/log/libvirt/{daemon}.log",
         }
         settings.update(self._libvirtd_conf_extra)
         return settings
@@ -432,18 +439,31 @@ class Host:
     # ------------------------------------------------------------------ libvirtd
 
     def start_libvirtd(self) -> None:
-        """Start libvirtd in the foreground under a reaper, inside the host (not waiting
-        until it answers)."""
+        """Start the QEMU daemon in the foreground under a reaper, inside the host (not
+        waiting until it answers); first the helper daemons that are not running."""
         if self.libvirtd_running:
-            raise TestbedError(f"host {self.name}: libvirtd already running ({self.libvirtd_pid})")
+            raise TestbedError(
+                f"host {self.name}: {self.qemu_daemon} already running ({self.libvirtd_pid})")
+        for daemon in self.helper_daemons:
+            if daemon not in self._helper_pids or not is_running(self._helper_pids[daemon]):
+                self._helper_pids[daemon] = self._start_daemon(daemon)
         self._hook_present_at_libvirtd_start = self._any_qemu_hook_installed()
+        self._libvirtd_pid = self._start_daemon(self.qemu_daemon)
+
+    def _start_daemon(self, daemon: str) -> int:
+        """Start ``daemon`` under a reaper (pid file in the host's /run/libvirt: /run is
+        shared by every host); return its pid."""
         self._libvirtd_starts += 1
-        pid_file = self.directory / f"libvirtd-{self._libvirtd_starts}.pid"
+        pid_file = self.directory / f"{daemon}-{self._libvirtd_starts}.pid"
         pid_file.unlink(missing_ok=True)
-        with self.libvirtd_output.open("ab") as output:
+        argv = [f"/usr/sbin/{daemon}", "--pid-file", f"/run/libvirt/{daemon}.pid"]
+        if daemon == "libvirtd":   # virtproxyd listens on TCP whenever its conf says so
+            argv.append("--listen")
+        output_file = self.directory / f"{daemon}.out"
+        with output_file.open("ab") as output:
             reaper = subprocess.Popen(
                 [*self.nsenter_argv(), sys.executable, "-I", str(REAPER), str(pid_file), "--",
-                 LIBVIRTD, "--listen", "--pid-file", LIBVIRTD_PID_FILE],
+                 *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -451,17 +471,18 @@ class Host:
                 start_new_session=True,
             )
         self._reapers.append(reaper)
-        self._libvirtd_pid = wait_until(
+        pid = wait_until(
             lambda: _read_pid(pid_file) or (reaper.poll() is not None and -1),
             timeout=10,
-            what=f"the reaper of host {self.name} to start libvirtd",
-            details=lambda: file_tail(self.libvirtd_output),
+            what=f"the reaper of host {self.name} to start {daemon}",
+            details=lambda: file_tail(output_file),
         )
-        if self._libvirtd_pid < 0:
+        if pid < 0:
             raise TestbedError(
-                f"host {self.name}: reaper exited with {reaper.returncode} before libvirtd ran\n"
-                + file_tail(self.libvirtd_output)
+                f"host {self.name}: reaper exited with {reaper.returncode} before {daemon} ran\n"
+                + file_tail(output_file)
             )
+        return pid
 
     def wait_libvirtd_ready(self, timeout: float = 120.0) -> float:
         """Poll until libvirtd answers ``virsh capabilities`` over TCP; return seconds waited.
@@ -500,7 +521,11 @@ class Host:
         return time.monotonic() - started
 
     def libvirtd_diagnostics(self) -> str:
-        return file_tail(self.libvirtd_output, 20) + "\n" + file_tail(self.libvirtd_log, 40)
+        helpers = "".join(file_tail(self.directory / f"{daemon}.out", 10) + "\n"
+                          + file_tail(self.log_dir / f"{daemon}.log", 10) + "\n"
+                          for daemon in self.helper_daemons)
+        return (helpers + file_tail(self.libvirtd_output, 20) + "\n"
+                + file_tail(self.libvirtd_log, 40))
 
     def kill_libvirtd(self, sig: int = signal.SIGKILL, *, wait: bool = True) -> None:
         """Send ``sig`` to libvirtd; with ``wait``, wait until it has exited."""
