@@ -97,6 +97,29 @@ def test_listener_survives_a_libvirtd_restart(hosts):
     assert a.listener.poll() is None
 
 
+def test_listener_keeps_the_idle_daemon_running(hosts):
+    """libvirt's daemons, as their units start them, exit after ``--timeout`` seconds
+    without a client (virtqemud on Fedora and RHEL: 120 s) and systemd's socket starts them
+    again.  The listener is a client: while it runs the daemon stays and no event is lost;
+    once it stops, the daemon exits, and a listener started later finds it again."""
+    a, _ = hosts
+    a.stop_listener(signal.SIGTERM)
+    a.host.qemu_daemon_args = ("--timeout", "4")
+    a.host.restart_libvirtd()
+    a.start_listener()
+    daemon = a.host.libvirtd_pid
+    time.sleep(10)
+    assert a.host.libvirtd_running and a.host.libvirtd_pid == daemon
+    a.stop_listener(signal.SIGTERM)
+    wait_until(lambda: not a.host.libvirtd_running, 30,
+               f"{a.host.qemu_daemon} to exit once idle for 4 s")
+    a.host.qemu_daemon_args = ()
+    a.host.restart_libvirtd()   # what its socket does on the next connection
+    a.start_listener()
+    a.start_guest("after", a.vfs[1])
+    assert a.claim_summary() == [("after", str(a.vfs[1]), "active")]
+
+
 def test_listener_waits_for_libvirt_with_backoff():
     with vf_testbed(1, listeners=False) as (a,):
         a.host.stop_libvirtd()

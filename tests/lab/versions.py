@@ -1,10 +1,12 @@
 """Migrations between libvirt versions on real VFs (issue 14), run outside CI: a printed
 report.
 
-lab-a is the tier's L1 (Debian 12's libvirt 9.0, QEMU 10.0 from bookworm-backports); lab-b
-boots from an image whose libvirt and QEMU come from bookworm-backports (libvirt 11.3 + QEMU 10.0, monolithic
-libvirtd as Debian ships it, AppArmor enforcing, qemu.conf as shipped; lab.py
-``l1_image(kind="backports")``).  vfmigrate is installed from this tree's .deb on both.
+lab-a is the tier's L1 (Debian 12's libvirt 9.0 with libvirtd, QEMU 10.0 from
+bookworm-backports); lab-b boots from an image whose libvirt and QEMU come from
+bookworm-backports (libvirt 11.3 + QEMU 10.0, AppArmor enforcing, qemu.conf as shipped), of
+kind ``backports-modular`` (the modular daemons, as in the tier) unless ``--lab-b-kind
+backports`` asks for Debian's monolithic libvirtd.  vfmigrate is installed from this tree's
+.deb on both.
 Each L2 guest starts on lab-a (QEMU 10.0 on both, so either can run its machine type),
 moves to lab-b and back, and must ping through the destination's VF each time, with no
 claim left on the host it left and no AppArmor denial:
@@ -15,6 +17,7 @@ claim left on the host it left and no AppArmor denial:
 * ``plain``: a ``<hostdev>`` without teaming, moved by ``vfmigrate migrate``.
 
 Usage (root): python3 -m tests.lab.versions [--workdir DIR] [--guests fo,hfo,plain]
+                                           [--lab-b-kind backports-modular|backports]
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ def move(report: Report, name: str, source, destination, uri: str, peer: str) ->
     if not report.expect(f"{name} {direction}: migrates", moved.returncode == 0,
                          f"{seconds:.1f} s {moved.stderr.strip()[:400]}"):
         return False
+    if mode == "hostdev":
+        without = moved.stdout.split("without them for ")[1].split(" s")[0]
+        report.expect(f"{name} {direction}: without its VF for {without} s", True)
     vf = hostdev_source(destination, name)
     try:
         next_report(destination, name, lambda r: ready(r, peer, mac), 900)
@@ -95,8 +101,13 @@ def run(a, b, guests: list[str]) -> Report:
         host.version = host.virsh("version").stdout.split("Running hypervisor:")[0].split(
             "Using library: ")[1].split()[1]
         mark_journal(host)
-        report.expect(f"{host.name} runs libvirt {host.version}", True,
-                      " ".join(host.virsh("version").stdout.split()))
+        daemon = host.image.qemu_daemon
+        active = {unit: host.run(["systemctl", "is-active", unit], check=False).stdout.strip()
+                  for unit in ("libvirtd", "virtqemud")}
+        others = [unit for unit, state in active.items() if unit != daemon and state == "active"]
+        report.expect(f"{host.name} runs libvirt {host.version} with {daemon} alone",
+                      active[daemon] == "active" and not others,
+                      " ".join(host.virsh("version").stdout.split()) + f"; {active}")
     for name in guests:
         mac, mode, ready = GUESTS[name]
         for host in (a, b):
@@ -131,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--guests", default="fo,hfo,plain")
+    parser.add_argument("--lab-b-kind", default="backports-modular",
+                        choices=[kind for kind in lab.L1_KINDS if kind.startswith("backports")])
     args = parser.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vfmigrate-versions-"))
     deb = build_package("deb")
-    with vfmigrate_lab(deb, work / "lab", kinds=(lab.L1_KIND, "backports")) as (a, b):
+    with vfmigrate_lab(deb, work / "lab", kinds=(lab.L1_KIND, args.lab_b_kind)) as (a, b):
         report = run(a, b, args.guests.split(","))
     failed = [what for what, passed, _ in report.results if not passed]
     print(f"{len(report.results) - len(failed)} of {len(report.results)} checks passed" +

@@ -148,6 +148,8 @@ class Host:
         #: The daemon that runs QEMU and the hooks, and the modular daemons it needs beside it.
         self.qemu_daemon = flavour.qemu_daemon if flavour else "libvirtd"
         self.helper_daemons = flavour.helper_daemons if flavour else ()
+        #: Extra arguments of the QEMU daemon's next starts (e.g. ``("--timeout", "2")``).
+        self.qemu_daemon_args: tuple[str, ...] = ()
         #: Machine type given to ``q35`` guests (see :meth:`create_domain`); None: as written.
         self.guest_machine: str | None = None
         self.index = index
@@ -448,15 +450,15 @@ class Host:
             if daemon not in self._helper_pids or not is_running(self._helper_pids[daemon]):
                 self._helper_pids[daemon] = self._start_daemon(daemon)
         self._hook_present_at_libvirtd_start = self._any_qemu_hook_installed()
-        self._libvirtd_pid = self._start_daemon(self.qemu_daemon)
+        self._libvirtd_pid = self._start_daemon(self.qemu_daemon, self.qemu_daemon_args)
 
-    def _start_daemon(self, daemon: str) -> int:
+    def _start_daemon(self, daemon: str, extra_args: Sequence[str] = ()) -> int:
         """Start ``daemon`` under a reaper (pid file in the host's /run/libvirt: /run is
         shared by every host); return its pid."""
         self._libvirtd_starts += 1
         pid_file = self.directory / f"{daemon}-{self._libvirtd_starts}.pid"
         pid_file.unlink(missing_ok=True)
-        argv = [f"/usr/sbin/{daemon}", "--pid-file", f"/run/libvirt/{daemon}.pid"]
+        argv = [f"/usr/sbin/{daemon}", "--pid-file", f"/run/libvirt/{daemon}.pid", *extra_args]
         if daemon == "libvirtd":   # virtproxyd listens on TCP whenever its conf says so
             argv.append("--listen")
         output_file = self.directory / f"{daemon}.out"
