@@ -18,7 +18,8 @@ the source of the function that builds it + the files it copies), rebuilt when t
 * :func:`backports_libvirt` -> :class:`BackportsLibvirt` (``libvirt-<key>/``, for the
   testbed's libvirt 11 hosts, tests/testbed/flavours.py; seconds)
 * :func:`modular_daemons` -> :class:`ModularDaemons` (``modular-<key>/``: virtqemud & co.
-  built from the same libvirt's source, for the testbed's modular hosts; ~1.5 min cold)
+  built from the same libvirt's source, for the testbed's modular hosts and the
+  ``backports-modular`` L1 image; ~75 s cold)
 * :func:`l1_image`   -> :class:`L1Image`    (``l1-<kind>-<key>/``: raw ext4 root, kernel, initrd,
   ssh client key, known_hosts, manifest, L2 kernel + modules; ~2.5 min cold)
 * :func:`l2_assets`  -> :class:`L2Assets`   (``l2-<key>/``: L2 kernel + busybox initramfs;
@@ -507,7 +508,7 @@ class ModularDaemons:
 
 def modular_daemons() -> ModularDaemons:
     """Build :data:`MODULAR_DAEMONS` from the source of bookworm-backports' libvirt
-    (Debian builds libvirt with the monolithic libvirtd only), ~1 min on two cores, cached.
+    (Debian builds libvirt with the monolithic libvirtd only), ~75 s on two cores, cached.
 
     A daemon is the RPC front end of the driver modules it loads, so these, run over
     :func:`backports_libvirt`'s libraries and modules, are that libvirt with its modular
