@@ -524,6 +524,7 @@ def modular_daemons() -> ModularDaemons:
     final = CACHE / f"modular-{key}"
     if not (final / ".complete").exists():
         with phase("modular-daemons-build"), _building(final) as tmp:
+            os.chmod(tmp, 0o755)
             apt_install_l0(MODULAR_BUILD_PACKAGES)
             tarball = tmp / f"libvirt_{version}.orig.tar.xz"
             _download(f"{_debian_mirror()}/pool/main/libv/libvirt/{tarball.name}", tarball,
