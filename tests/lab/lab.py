@@ -817,10 +817,9 @@ def _customize_l1(root: Path, out: Path, keys: Path, modular: ModularDaemons | N
     if modular is None:
         run(["systemctl", f"--root={root}", "enable", "libvirtd.service"])
     else:
-        for source, target in ((modular.sbin, "usr/sbin"), (modular.units, "usr/lib/systemd/system"),
-                               (modular.apparmor, "etc/apparmor.d")):
+        for source in (modular.sbin, modular.units, modular.apparmor):
             for path in source.iterdir():
-                shutil.copy2(path, root / target / path.name)
+                shutil.copy2(path, root / path.relative_to(modular.root))
         run(["systemctl", f"--root={root}", "disable", "libvirtd.service", "libvirtd.socket",
              "libvirtd-ro.socket", "libvirtd-admin.socket"])
         # virtqemud.service also enables its sockets (Also=), the others start on a connection

@@ -175,8 +175,8 @@ class Host:
         self.state_dir = directory / "var-lib-vfmigrate"
         self.journal_dir = directory / "run-log-journal"
         self.journal_socket_dir = directory / "run-systemd-journal"
-        self.libvirtd_log = self.log_dir / f"{self.qemu_daemon}.log"
-        self.libvirtd_output = directory / f"{self.qemu_daemon}.out"
+        self.libvirtd_log = self.daemon_log(self.qemu_daemon)
+        self.libvirtd_output = self.daemon_output(self.qemu_daemon)
         self.journald_output = directory / "journald.out"
         self.local_uri = f"qemu+unix:///system?socket={self.run_libvirt / 'libvirt-sock'}"
 
@@ -212,6 +212,14 @@ class Host:
     @property
     def libvirtd_running(self) -> bool:
         return self._libvirtd_pid is not None and is_running(self._libvirtd_pid)
+
+    def daemon_log(self, daemon: str) -> Path:
+        """``daemon``'s log file (real path; /var/log/libvirt inside, see _daemon_conf)."""
+        return self.log_dir / f"{daemon}.log"
+
+    def daemon_output(self, daemon: str) -> Path:
+        """Where ``daemon``'s stdout and stderr go."""
+        return self.directory / f"{daemon}.out"
 
     @property
     def journald_pid(self) -> int | None:
@@ -461,7 +469,7 @@ class Host:
         argv = [f"/usr/sbin/{daemon}", "--pid-file", f"/run/libvirt/{daemon}.pid", *extra_args]
         if daemon == "libvirtd":   # virtproxyd listens on TCP whenever its conf says so
             argv.append("--listen")
-        output_file = self.directory / f"{daemon}.out"
+        output_file = self.daemon_output(daemon)
         with output_file.open("ab") as output:
             reaper = subprocess.Popen(
                 [*self.nsenter_argv(), sys.executable, "-I", str(REAPER), str(pid_file), "--",
@@ -523,8 +531,8 @@ class Host:
         return time.monotonic() - started
 
     def libvirtd_diagnostics(self) -> str:
-        helpers = "".join(file_tail(self.directory / f"{daemon}.out", 10) + "\n"
-                          + file_tail(self.log_dir / f"{daemon}.log", 10) + "\n"
+        helpers = "".join(file_tail(self.daemon_output(daemon), 10) + "\n"
+                          + file_tail(self.daemon_log(daemon), 10) + "\n"
                           for daemon in self.helper_daemons)
         return (helpers + file_tail(self.libvirtd_output, 20) + "\n"
                 + file_tail(self.libvirtd_log, 40))
