@@ -6,6 +6,8 @@ import signal
 import sqlite3
 import time
 
+import pytest
+
 import vfmigrate
 from tests.testbed.guests import no_os_guest_xml
 from vfmigrate.events import Event
@@ -26,6 +28,7 @@ def test_sd_notify_ready_status_watchdog_stopping(hosts):
     wait_until(lambda: "STOPPING=1" in a.notify.messages, 5, "STOPPING=1")
 
 
+@pytest.mark.daemon_layout
 def test_journal_gets_structured_fields_from_hook_and_listener(hosts):
     a, _ = hosts
     a.start_guest("web1", a.vfs[2])
@@ -58,6 +61,7 @@ def test_device_events_reach_the_listener(hosts):
                            for e in a.journal()), 15, "the DEVICE_ADDED event to be handled")
 
 
+@pytest.mark.daemon_layout
 def test_reconcile_at_start_fixes_a_ledger_edited_behind_its_back(hosts):
     a, _ = hosts
     a.start_guest("keeper", a.vfs[0])
@@ -82,6 +86,7 @@ def test_reconcile_at_start_fixes_a_ledger_edited_behind_its_back(hosts):
     assert any("guest keeper: held without a claim: claim added" in m for m in corrections)
 
 
+@pytest.mark.daemon_layout
 def test_listener_survives_a_libvirtd_restart(hosts):
     a, _ = hosts
     a.host.restart_libvirtd()
@@ -97,6 +102,7 @@ def test_listener_survives_a_libvirtd_restart(hosts):
     assert a.listener.poll() is None
 
 
+@pytest.mark.daemon_layout
 def test_listener_keeps_the_idle_daemon_running(hosts):
     """libvirt's daemons, as their units start them, exit after ``--timeout`` seconds
     without a client (virtqemud on Fedora and RHEL: 120 s) and systemd's socket starts them
@@ -120,6 +126,7 @@ def test_listener_keeps_the_idle_daemon_running(hosts):
     assert a.claim_summary() == [("after", str(a.vfs[1]), "active")]
 
 
+@pytest.mark.daemon_layout
 def test_listener_waits_for_libvirt_with_backoff():
     with vf_testbed(1, listeners=False) as (a,):
         a.host.stop_libvirtd()

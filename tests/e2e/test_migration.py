@@ -47,6 +47,7 @@ def test_guest_without_vf_migrates_as_before(hosts, mode):
     assert Event.REFUSED.message_id not in message_ids(a) + message_ids(b)
 
 
+@pytest.mark.daemon_layout
 @pytest.mark.between_versions
 @pytest.mark.parametrize("mode", MODES)
 def test_vf_guest_gets_a_vf_of_the_destination(hosts, mode):
@@ -145,6 +146,7 @@ if sys.argv[2] == "migrate":
 """
 
 
+@pytest.mark.daemon_layout
 def test_hooks_before_and_after_vfmigrate_keep_working(tmp_path):
     def install_other_hooks(host):
         for name, text in (("00-before", BEFORE_HOOK), ("zz-after", AFTER_HOOK)):
@@ -178,6 +180,7 @@ def test_status_and_reconcile_commands_on_a_live_host(hosts):
     assert "OK   network physnet1: 4 VFs on 1 PF" in doctor
 
 
+@pytest.mark.daemon_layout
 def test_the_hook_on_the_hosts_is_the_one_under_test(hosts):
     a, _ = hosts
     installed = installation().name == "installed package"

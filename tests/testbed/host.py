@@ -552,21 +552,22 @@ class Host:
             )
         self._reap_idle_reapers()
 
-    def stop_libvirtd(self) -> None:
-        """SIGTERM libvirtd (SIGKILL after a grace period); running guests keep running."""
+    def stop_libvirtd(self, grace: float = 15.0) -> None:
+        """SIGTERM libvirtd (SIGKILL after ``grace`` seconds); running guests keep running."""
         if self.libvirtd_running:
-            terminate(self.libvirtd_pid, grace=15)
+            terminate(self.libvirtd_pid, grace=grace)
         self._reap_idle_reapers()
 
     def _reap_idle_reapers(self) -> None:
         """Forget reapers that have exited (their libvirtd and adopted QEMUs are gone)."""
         self._reapers = [reaper for reaper in self._reapers if reaper.poll() is None]
 
-    def restart_libvirtd(self, timeout: float = 120.0) -> float:
-        """Stop libvirtd if it runs, start it again, wait until it answers; return seconds."""
+    def restart_libvirtd(self, timeout: float = 120.0, *, grace: float = 15.0) -> float:
+        """Stop libvirtd if it runs (:meth:`stop_libvirtd`), start it again, wait until it
+        answers; return seconds."""
         started = time.monotonic()
         if self.libvirtd_running:
-            self.stop_libvirtd()
+            self.stop_libvirtd(grace)
         self.start_libvirtd()
         self.wait_libvirtd_ready(timeout)
         return time.monotonic() - started
@@ -694,7 +695,16 @@ class Host:
                     lambda p=process: terminate(p.pid, popen=p, grace=5))
         if self.libvirtd_running:
             attempt("destroy guests", self.destroy_all_domains)
-        attempt("stop libvirtd", self.stop_libvirtd)
+        # Its guests are gone: libvirtd exits at once unless 11.3's udev thread hangs it
+        # (see the helper daemons below).
+        attempt("stop libvirtd", lambda: self.stop_libvirtd(grace=3))
+        # libvirt 11.3's nodedev driver at times never lets its daemon (virtnodedevd, or
+        # libvirtd) exit on SIGTERM: its shutdown thread and its udev thread both wait on a
+        # futex.  That cost 10-15 s of teardown in one test of six.
+        # Nothing of the helper daemons' outlives this host, so they get a short grace.
+        helpers = [pid for pid in self._helper_pids.values() if is_running(pid)]
+        if helpers:
+            attempt("stop the helper daemons", lambda: terminate_all(helpers, grace=1))
         for reaper in self._reapers:  # each exits once its adopted QEMUs are gone
             attempt(f"stop reaper {reaper.pid}",
                     lambda r=reaper: terminate(r.pid, popen=r, grace=5))
