@@ -224,10 +224,13 @@ class DomainXML:
                 if replug != device.replug:
                     values["replug"] = replug
                 edits.append((device.metadata_tag, values))
-        out = bytearray(self.data)
-        for span, values in sorted(edits, key=lambda edit: edit[0].start, reverse=True):
-            out[span.start:span.end] = _set_attributes(self.data[span.start:span.end], values)
-        return bytes(out)
+        pieces, position = [], 0
+        for span, values in sorted(edits, key=lambda edit: edit[0].start):
+            pieces += [self.data[position:span.start],
+                       _set_attributes(self.data[span.start:span.end], values)]
+            position = span.end
+        pieces.append(self.data[position:])
+        return b"".join(pieces)
 
 
 def parse(data: bytes, *, status: bool = False, allow_stand_ins: bool = False) -> DomainXML:
@@ -267,11 +270,17 @@ class _DomainParser:
         self.parser.ExternalEntityRefHandler = _unsafe
         self.parser.StartElementHandler = self.start
         self.parser.EndElementHandler = self.end
-        self.parser.CharacterDataHandler = self.text
-        self.stack: list[str] = []
+        # Text is read only inside <uuid> and <name>: start() sets a CharacterDataHandler
+        # there, and end() takes it away, so that the whitespace between a large guest's
+        # elements costs no Python call (issue 15).
+        self.depth = 0
+        self.root_tag = ""
         self.domain_depth: int | None = None
+        self.domain_closed = False
+        #: Tags of the open elements inside <domain>, its child first.
+        self.path: list[str] = []
         self.fields: dict[str, list[str]] = {"uuid": [], "name": []}
-        self.text_target: list[str] | None = None
+        self.reading_text = False
         self.device: VFDevice | None = None
         self.device_start = 0
         self.device_counts = False
@@ -313,43 +322,59 @@ class _DomainParser:
     # -- expat callbacks ------------------------------------------------------
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
-        self.stack.append(tag)
-        if len(self.stack) > MAX_DEPTH:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
             raise BadDomainXML(problem=f"elements are nested deeper than {MAX_DEPTH} levels "
                                        "(libvirt itself reads at most 256)")
         if self.domain_depth is None:
             self._find_domain(tag)
             return
-        depth = len(self.stack) - self.domain_depth
+        if self.domain_closed:
+            return
+        path = self.path
+        path.append(tag)
+        depth = len(path)
         if depth > _DEEPEST_READ:
             return
-        path = self.stack[self.domain_depth:]
-        if depth == 1 and tag in self.fields:
-            self.text_target = self.fields[tag]
-        elif depth == 1 and tag == "vcpu":
-            self.vcpu_cpuset = attrs.get("cpuset")
-        elif depth == 2 and path[0] == "numatune" and tag == "memory":
-            self.memory_nodeset = attrs.get("nodeset")
-        elif depth == 2 and path[0] == "cputune" and tag == "vcpupin" and "cpuset" in attrs:
-            self.vcpupins.append(attrs["cpuset"])
-        elif depth == 2 and path[0] == "devices":
-            self._start_device(tag, attrs)
-        elif depth > 2 and path[0] == "devices":
+        top = path[0]
+        if depth == 1:
+            if tag in self.fields:
+                self.parser.CharacterDataHandler = self.fields[tag].append
+                self.reading_text = True
+            elif tag == "vcpu":
+                self.vcpu_cpuset = attrs.get("cpuset")
+        elif top == "devices":
+            if depth == 2:
+                self._start_device(tag, attrs)
+                return
             if depth == 3 and tag == "alias" and "name" in attrs:
                 self.device_aliases.add(attrs["name"])
             if self.device is not None:
                 self._device_child(path[2:], attrs)
-        elif depth == 2 and path[0] == "metadata" and tag == _NS_VFS:
-            self.vfs_elements += 1
-        elif depth == 3 and path[0] == "metadata" and path[1] == _NS_VFS and tag == _NS_VF \
+        elif depth == 2:
+            if top == "numatune" and tag == "memory":
+                self.memory_nodeset = attrs.get("nodeset")
+            elif top == "cputune" and tag == "vcpupin" and "cpuset" in attrs:
+                self.vcpupins.append(attrs["cpuset"])
+            elif top == "metadata" and tag == _NS_VFS:
+                self.vfs_elements += 1
+        elif depth == 3 and top == "metadata" and path[1] == _NS_VFS and tag == _NS_VF \
                 and self.vfs_elements == 1:
             # Only the first element of our namespace: libvirt keeps no other.
             self._metadata_entry(attrs)
 
     def end(self, tag: str) -> None:
-        self.stack.pop()
-        self.text_target = None
-        if self.domain_depth is not None and len(self.stack) == self.domain_depth + 1:
+        self.depth -= 1
+        if self.domain_depth is None or self.domain_closed:
+            return
+        if self.depth < self.domain_depth:
+            self.domain_closed = True   # a status file's <domain> is its last child
+            return
+        if self.reading_text:
+            self.parser.CharacterDataHandler = None
+            self.reading_text = False
+        path = self.path
+        if len(path) == 2:
             device = self.device
             if device is not None:
                 device.element = Span(self.device_start, self._element_end(tag))
@@ -360,16 +385,15 @@ class _DomainParser:
                 elif device.alias and device.mac:
                     self.interface_macs[device.alias] = device.mac
             self.device = None
-
-    def text(self, data: str) -> None:
-        if self.text_target is not None:
-            self.text_target.append(data)
+        path.pop()
 
     # -- helpers --------------------------------------------------------------
 
     def _find_domain(self, tag: str) -> None:
-        depth = len(self.stack)
-        if tag == "domain" and (depth == 1 or (self.status and self.stack[0] == "domstatus")):
+        depth = self.depth
+        if depth == 1:
+            self.root_tag = tag
+        if tag == "domain" and (depth == 1 or (self.status and self.root_tag == "domstatus")):
             self.domain_depth = depth
         elif depth == 1 and not (self.status and tag == "domstatus"):
             raise BadDomainXML(problem=f"root element is <{tag.split(' ')[-1]}>, not <domain>")
@@ -553,17 +577,21 @@ def canonical_uuid(text: str) -> str:
 
 
 def _end_of_start_tag(data: bytes, start: int) -> int:
-    """Index just past the ``>`` closing the start tag that begins at ``start``."""
-    quote = 0
-    for index in range(start + 1, len(data)):
-        byte = data[index]
-        if quote:
-            if byte == quote:
-                quote = 0
-        elif byte in (0x22, 0x27):  # " or '
-            quote = byte
-        elif byte == 0x3E:  # >
-            return index + 1
+    """Index just past the ``>`` closing the start tag that begins at ``start`` (a quoted
+    attribute value may hold ``>``: the search skips each value whole)."""
+    index = start + 1
+    while True:
+        close = data.find(b">", index)
+        if close < 0:
+            break
+        double, single = data.find(b'"', index, close), data.find(b"'", index, close)
+        if double < 0 and single < 0:
+            return close + 1
+        opening = double if single < 0 or 0 <= double < single else single
+        end_of_value = data.find(data[opening:opening + 1], opening + 1)
+        if end_of_value < 0:
+            break
+        index = end_of_value + 1
     raise BadDomainXML(problem="unterminated start tag")
 
 

@@ -67,6 +67,7 @@ class Inventory:
     def __init__(self, sysfs_root: str | os.PathLike,
                  networks: Iterable[NetworkConfig]) -> None:
         self.sysfs_root = os.fspath(sysfs_root)
+        self._devices_dir = os.path.join(self.sysfs_root, "bus", "pci", "devices")
         self.networks = {network.name: network for network in networks}
         self.missing_pfs: dict[str, list[str]] = {}
         self.skipped: list[str] = []   # unreadable virtfn links, for the caller to log
@@ -79,7 +80,7 @@ class Inventory:
     # -- paths ----------------------------------------------------------------
 
     def pci_device_dir(self, address: PciAddress) -> str:
-        return os.path.join(self.sysfs_root, "bus", "pci", "devices", str(address))
+        return f"{self._devices_dir}/{address}"
 
     def _check_root(self) -> None:
         devices = os.path.join(self.sysfs_root, "bus", "pci", "devices")
@@ -155,7 +156,7 @@ class Inventory:
         directory = self.pci_device_dir(pf)
         num_vfs = _read_int(os.path.join(directory, "sriov_numvfs")) or 0
         for index in range(num_vfs):
-            link = os.path.join(directory, f"virtfn{index}")
+            link = f"{directory}/virtfn{index}"
             try:
                 address = PciAddress.parse(os.path.basename(os.readlink(link)))
             except (OSError, ValueError) as error:
