@@ -301,6 +301,10 @@ class _DomainParser:
         except expat.ExpatError as error:
             raise BadDomainXML(problem=f"malformed XML at line {error.lineno}, column "
                                        f"{error.offset}: {expat.ErrorString(error.code)}") from None
+        finally:
+            # The parser's handlers are this object's methods: a cycle, which the hook
+            # (that runs without the cyclic garbage collector) would keep until it exits.
+            self.parser = None
         if self.domain_depth is None:
             raise BadDomainXML(problem="no <domain> element")
         uuid = "".join(self.fields["uuid"]).strip()
