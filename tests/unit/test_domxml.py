@@ -74,3 +74,18 @@ def test_device_aliases_are_those_of_every_device_and_only_of_devices():
     parsed = domxml.parse(guest(nested, VF_HOSTDEV, metadata=entries))
     assert parsed.device_aliases == {"virtio-disk0", "net0", "ua-vf1"}
 
+
+
+def test_text_is_read_only_inside_name_and_uuid_and_nothing_after_the_domain():
+    """The parser reads character data only inside <name> and <uuid> (issue 15), and in a
+    status file nothing after </domain>, where libvirt writes nothing."""
+    xml = guest(VF_HOSTDEV).replace(b"<name>g</name>", b"<name>g<!-- a comment -->2</name>")
+    status = status_file(xml, "g2").replace(
+        b"</domstatus>", b"<extra><name>other</name><devices><hostdev type='pci'>"
+                         b"<source><address bus='0x3c' slot='0x02'/></source></hostdev>"
+                         b"</devices></extra></domstatus>")
+    assert b"<extra>" in status
+    for parsed in (domxml.parse(xml), domxml.parse(status, status=True)):
+        assert parsed.name == "g2"
+        assert parsed.uuid == guest_uuid("g")
+        assert [str(address) for address in parsed.pci_sources] == ["0000:3b:02.2"]
