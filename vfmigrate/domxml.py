@@ -354,7 +354,7 @@ class _DomainParser:
             if depth == 3 and tag == "alias" and "name" in attrs:
                 self.device_aliases.add(attrs["name"])
             if self.device is not None:
-                self._device_child(path[2:], attrs)
+                self._device_child(depth, tag, path, attrs)
         elif depth == 2:
             if top == "numatune" and tag == "memory":
                 self.memory_nodeset = attrs.get("nodeset")
@@ -431,24 +431,31 @@ class _DomainParser:
         if self.device is not None:
             self.device_start = self.parser.CurrentByteIndex
 
-    def _device_child(self, path: list[str], attrs: dict[str, str]) -> None:
+    def _device_child(self, depth: int, tag: str, path: list[str],
+                      attrs: dict[str, str]) -> None:
+        """An element inside the VF device being read: ``path[2:]`` are the tags from the
+        device's child down to ``tag``, ``depth`` the length of ``path``."""
         device = self.device
         assert device is not None
-        if path == ["source", "address"] and attrs.get("type", "pci") == "pci":
-            address = _pci_from_attributes(attrs, device)
-            device.address = address
-            device.address_tag = self._span()
-            self.pci_sources.append(address)
-        elif path == ["actual", "source", "address"] and attrs.get("type", "pci") == "pci":
-            self.pci_sources.append(_pci_from_attributes(attrs, device))
-        elif path == ["teaming"]:
-            device.teaming = attrs.get("type") == "transient"
-            device.teaming_partner = attrs.get("persistent")
-        elif path == ["alias"]:
-            device.alias = attrs.get("name")
-        elif path == ["mac"]:
-            device.mac = (attrs.get("address") or "").lower() or None
-        elif path == ["vlan", "tag"] and "id" in attrs:
+        if depth == 3:
+            if tag == "mac":
+                device.mac = (attrs.get("address") or "").lower() or None
+            elif tag == "alias":
+                device.alias = attrs.get("name")
+            elif tag == "teaming":
+                device.teaming = attrs.get("type") == "transient"
+                device.teaming_partner = attrs.get("persistent")
+        elif tag == "address":
+            if attrs.get("type", "pci") != "pci":
+                return
+            if depth == 4 and path[2] == "source":
+                address = _pci_from_attributes(attrs, device)
+                device.address = address
+                device.address_tag = self._span()
+                self.pci_sources.append(address)
+            elif depth == 5 and path[2] == "actual" and path[3] == "source":
+                self.pci_sources.append(_pci_from_attributes(attrs, device))
+        elif depth == 4 and tag == "tag" and path[2] == "vlan" and "id" in attrs:
             if not _is_vlan(attrs["id"]):
                 raise BadDomainXML(problem=f"<{device.kind}> <vlan><tag id={attrs['id'][:40]!r}>"
                                            " is not a VLAN ID 0-4095")
