@@ -38,6 +38,7 @@ is the last to close and checkpoints: "migrate 4 no listener".
 
 Targets (issue 15): migrate 4 <= 1.8x floor, every other VF call <= 1.6x, flat from 4
 to 64 VFs, no-VF unchanged (1.03x).
+The line after the table gives the slope: what migrate 64 costs above migrate 4, per VF.
 
 The hook runs as a distro package installs it (packaging/hook-program:
 ``#!/usr/bin/python3 -IS``, the package's directory first on sys.path; here a copy
@@ -217,6 +218,8 @@ def main() -> None:
             print(f"{case:<22} {p50 * 1000:8.1f} {percentile(values, 0.95) * 1000:8.1f} "
                   f"{p50 / floor / calls:9.2f}x" + ("  (per call: sum / 6 floors)"
                                                     if calls > 1 else ""))
+        slope = statistics.median(samples["migrate 64"]) - statistics.median(samples["migrate 4"])
+        print(f"migrate 64 - migrate 4: {slope * 1000:.1f} ms, {slope / 60 * 1e6:.0f} us per VF")
         print("targets: migrate 4 <= 1.80x, other VF calls <= 1.60x, no-VF ~1.03x "
               "(host: 4 PFs x 256 VFs, 500 ledger rows, 20 running VF guests)")
 
