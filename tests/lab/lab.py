@@ -520,7 +520,7 @@ def modular_daemons() -> ModularDaemons:
                        f"libvirt_{version}.orig.tar.xz (the suite's Sources index lists it) to "
                        "lab.LIBVIRT_SOURCE_SHA256")
     key = _hash(version, LIBVIRT_SOURCE_SHA256[version], MODULAR_DAEMONS, MODULAR_MESON_OPTIONS,
-                inspect.getsource(modular_daemons))
+                inspect.getsource(modular_daemons), inspect.getsource(_install_file))
     final = CACHE / f"modular-{key}"
     if not (final / ".complete").exists():
         with phase("modular-daemons-build"), _building(final) as tmp:
@@ -536,16 +536,18 @@ def modular_daemons() -> ModularDaemons:
                 timeout=3600)
             (tmp / "usr/sbin").mkdir(parents=True)
             (tmp / "usr/lib/systemd/system").mkdir(parents=True)
+            # with the modes Debian's packages give such files, not the build tree's (0664)
             for daemon in MODULAR_DAEMONS:
-                shutil.copy2(build / "src" / daemon, tmp / "usr/sbin" / daemon)
+                _install_file(build / "src" / daemon, tmp / "usr/sbin" / daemon, 0o755)
                 # built to run from the build tree ($ORIGIN/); installed, it uses the system's
                 run(["patchelf", "--remove-rpath", tmp / "usr/sbin" / daemon])
                 for unit in (f"{daemon}.service", f"{daemon}.socket", f"{daemon}-ro.socket",
                              f"{daemon}-admin.socket"):
-                    shutil.copy2(build / "src" / unit, tmp / "usr/lib/systemd/system" / unit)
+                    _install_file(build / "src" / unit, tmp / "usr/lib/systemd/system" / unit,
+                                  0o644)
             (tmp / "etc/apparmor.d").mkdir(parents=True)
-            shutil.copy2(build / "src/security/apparmor/usr.sbin.virtqemud",
-                         tmp / "etc/apparmor.d/usr.sbin.virtqemud")
+            _install_file(build / "src/security/apparmor/usr.sbin.virtqemud",
+                          tmp / "etc/apparmor.d/usr.sbin.virtqemud", 0o644)
             shutil.rmtree(source)
             shutil.rmtree(build)
             tarball.unlink()
@@ -556,6 +558,11 @@ def modular_daemons() -> ModularDaemons:
                 raise LabError(f"the virtqemud built from libvirt {version} says {answered!r}")
         _prune("modular", final)
     return ModularDaemons(final)
+
+
+def _install_file(source: Path, destination: Path, mode: int) -> None:
+    shutil.copyfile(source, destination)
+    destination.chmod(mode)
 
 
 def _debian_mirror() -> str:
