@@ -400,9 +400,15 @@ class Supervisor(ABC):
                 self.handle(item)
             self.events_handled += count
         except LibvirtFailure as error:
-            log.error("%s failed: %s", what_work(item), error)
             if self.host is not None and not self._alive():
+                # libvirt went away under the item (restarted, say): not a failure of
+                # the guest's; the reconcile after reconnecting looks at every guest.
+                event(log, Event.LISTENER, "%s stopped: libvirt's connection was lost "
+                      "(%s); the reconcile after reconnecting covers it", what_work(item),
+                      error, level=logging.WARNING)
                 self._reconnect("libvirt connection lost")
+            else:
+                log.error("%s failed: %s", what_work(item), error)
         except VfmigrateError as error:
             log.error("%s failed: %s", what_work(item), error)
         except Exception:
