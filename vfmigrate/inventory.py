@@ -83,9 +83,8 @@ class Inventory:
         return f"{self._devices_dir}/{address}"
 
     def _check_root(self) -> None:
-        devices = os.path.join(self.sysfs_root, "bus", "pci", "devices")
-        if not os.path.isdir(devices):
-            raise SysfsError(path=devices, problem="not a directory")
+        if not os.path.isdir(self._devices_dir):
+            raise SysfsError(path=self._devices_dir, problem="not a directory")
 
     # -- PFs ------------------------------------------------------------------
 
