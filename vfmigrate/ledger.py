@@ -127,6 +127,12 @@ CREATE INDEX claims_live_by_domain ON claims (domain_uuid) WHERE state <> 'relea
 CREATE INDEX claims_reset_pending ON claims (vf) WHERE state = 'released' AND reset_at IS NULL;
 """
 
+# The live claims through their partial index.  Left to itself, SQLite reads them with
+# "ORDER BY id" by scanning the whole table in rowid order, and the table keeps released
+# claims for 30 days (listener.PRUNE_AFTER): every hook call that decides over the host
+# would read them all.
+_LIVE_ROWS = "claims INDEXED BY claims_one_live_per_vf WHERE state <> 'released'"
+
 # SQLite's primary result codes (sqlite3 exports them only from Python 3.11).
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
@@ -383,16 +389,15 @@ class Ledger:
 
     def unreadable_rows(self, *, live_only: bool = False) -> dict[int, str]:
         """Rows that cannot be read, by id, with what is wrong (for status and reconcile)."""
-        where = "WHERE state <> 'released'" if live_only else ""
         self.bad_rows = {}
-        self._read(f"SELECT {_COLUMNS} FROM claims {where} ORDER BY id", strict=False)
+        self._read(f"SELECT {_COLUMNS} FROM {_LIVE_ROWS if live_only else 'claims'} ORDER BY id",
+                   strict=False)
         return dict(self.bad_rows)
 
     # -- queries --------------------------------------------------------------
 
     def live_claims(self, *, strict: bool = True) -> list[Claim]:
-        return self._read(f"SELECT {_COLUMNS} FROM claims WHERE state <> 'released' ORDER BY id",
-                          strict=strict)
+        return self._read(f"SELECT {_COLUMNS} FROM {_LIVE_ROWS} ORDER BY id", strict=strict)
 
     def claims_of(self, domain_uuid: str, *, strict: bool = True) -> list[Claim]:
         """The live claims of one guest."""

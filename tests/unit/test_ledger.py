@@ -45,6 +45,27 @@ def test_one_live_claim_per_vf_is_enforced_by_the_schema(tmp_path):
         assert [c.state for c in ledger.history()] == [ACTIVE, RELEASED]
 
 
+def test_live_claims_are_read_through_their_index_not_the_history(tmp_path):
+    """Every hook call that decides reads the live claims; the released ones it must not
+    read are kept for 30 days and may be most of the table."""
+    with make(tmp_path) as ledger:
+        with ledger.transaction():
+            for function in range(8):
+                claim = ledger.add(vf=PciAddress(0, 0x3b, 1, function), network="n",
+                                   domain_uuid="u", domain_name="d", state=ACTIVE, reason="t")
+                if function:
+                    ledger.set_state([claim], RELEASED, "gone")
+        statements: list[str] = []
+        ledger._db.set_trace_callback(statements.append)
+        assert [c.vf for c in ledger.live_claims()] == [PciAddress(0, 0x3b, 1, 0)]
+        assert list(ledger.unreadable_rows(live_only=True)) == []
+        ledger._db.set_trace_callback(None)
+        plans = [" ".join(row[-1] for row in ledger._db.execute("EXPLAIN QUERY PLAN " + sql))
+                 for sql in statements]
+        assert len(plans) == 2
+        assert all("USING INDEX claims_one_live_per_vf" in plan for plan in plans), plans
+
+
 def test_writes_outside_a_transaction_are_a_programming_error(tmp_path):
     with make(tmp_path) as ledger, pytest.raises(RuntimeError):
         ledger.add(vf=VF, network="n", domain_uuid="u", domain_name="d", state=ACTIVE,
