@@ -161,6 +161,28 @@ def guest_crash(console: str) -> str | None:
     return next((line for line in console.splitlines() if GUEST_CRASH.search(line)), None)
 
 
+class L1HostStalled(LabError):
+    """An L1 host stopped answering ssh and its console says its kernel stalled."""
+
+    def __init__(self, host: str, console_line: str):
+        self.host, self.console_line = host, console_line
+        super().__init__(f"L1 {host} stopped answering ssh; its console: {console_line}")
+
+
+# An L1 kernel that lost its timer or a CPU under TCG, as lab-b's did in lab run 21
+# ("rcu_preempt kthread timer wakeup didn't happen for 5251 jiffies … Possible timer
+# handling issue on cpu=0", every 21 s; every ssh to it timed out from then on).  An L1
+# may print an RCU stall warning and recover: only one that no longer answers counts.
+L1_STALL = re.compile(r"rcu: INFO: rcu_\w+ (self-)?detected stall|"
+                      r"rcu_\w+ kthread timer wakeup didn't happen|"
+                      r"rcu_\w+ kthread starved for|watchdog: BUG: soft lockup")
+
+
+def l1_stall(console: str) -> str | None:
+    """The first console line that says an L1 host's kernel stalled, or None."""
+    return next((line for line in console.splitlines() if L1_STALL.search(line)), None)
+
+
 class ReportWatch:
     """Whether a running L2 guest still reports: its init prints a ``LAB-L2 up=`` line
     every few seconds.  Other console output is no sign of life: a guest stuck in its
@@ -1083,6 +1105,18 @@ class L1Host:
             return "\n".join(self.console_log.read_text(errors="replace").splitlines()[-n:])
         except FileNotFoundError:
             return ""
+
+    def stalled(self) -> L1HostStalled | None:
+        """Whether this host's kernel stalled: its console says so and ssh gets no
+        answer in 60 s."""
+        line = l1_stall(self.console_tail(400))
+        if line is None:
+            return None
+        try:
+            self.run(["true"], timeout=60, connect_timeout=30)
+        except (CommandFailed, CommandTimeout):
+            return L1HostStalled(self.name, line.strip())
+        return None
 
     def wait_ready(self, timeout: float = 600) -> float:
         """Wait until ssh works and lab-init finished; return seconds since start."""

@@ -1,4 +1,5 @@
-"""The SR-IOV lab tells a guest whose kernel crashed from one that only stalled.
+"""The SR-IOV lab tells a guest whose kernel crashed from one that only stalled, and
+sees an L1 host's kernel stall.
 
 The consoles are excerpts of L2 guests' serial consoles recorded in the lab: a healthy
 guest's RCU stall right after a migration's switch-over (a register dump, no crash),
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.lab import ReportWatch, guest_crash, parse_l2_report
+from tests.lab.lab import ReportWatch, guest_crash, l1_stall, parse_l2_report
 
 CONSOLES = Path(__file__).parent / "lab_consoles"
 
@@ -84,3 +85,20 @@ def test_a_guest_that_prints_only_soft_lockups_is_hung_once_its_reports_stop():
     assert watch.hung(console + "\n" + stuck[-1], 301.0)
     assert not watch.hung(console + "\n" + report, 302.0)   # a report: alive again
     assert not ReportWatch(None).hung(console, 10_000.0)
+
+
+@pytest.mark.parametrize("name, first_line", [
+    # the same kernel messages an L1 host printed in lab run 21 before it stopped answering
+    ("rcu-stall-after-switchover.console", "rcu: INFO: rcu_preempt self-detected stall on CPU"),
+    ("soft-lockup-after-arrival.console", "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! "
+                                          "[readlink:224]"),
+])
+def test_a_kernel_stall_is_recognised_by_its_first_stall_line(name, first_line):
+    line = l1_stall((CONSOLES / name).read_text())
+    assert line is not None and line.endswith(first_line)
+
+
+@pytest.mark.parametrize("name", ["list-corruption-after-migration.console",
+                                  "oops-after-migration.console"])
+def test_a_crash_is_no_stall(name):
+    assert l1_stall((CONSOLES / name).read_text()) is None
